@@ -1,0 +1,131 @@
+"""The real loop, end to end on CPU: training, checkpoint/resume, the Hugging Face model path."""
+import json
+import os
+
+import pytest
+import torch
+
+import grpo_baseline as gb
+
+TIMING = ("t_generate", "t_score", "t_credit", "t_update", "peak_mem_mb")
+
+
+def read_metrics(output_dir):
+    with open(os.path.join(output_dir, "metrics.jsonl")) as f:
+        return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in f]
+
+
+def final_weights(output_dir):
+    return torch.load(os.path.join(output_dir, "checkpoint.pt"), weights_only=False)["model"]
+
+
+def test_a_few_steps_of_grpo_train_and_log(tiny_cfg):
+    cfg = tiny_cfg()
+    summary = gb.train(cfg)
+    metrics = read_metrics(cfg.output_dir)
+    assert [m["step"] for m in metrics] == [0, 1, 2, 3]
+    assert all("eval_acc" in metrics[i] for i in (0, 2, 3))
+    for m in metrics[1:]:
+        assert 0 <= m["reward"] <= 1 and m["skipped_updates"] == 0
+        assert m["ratio_mean"] == pytest.approx(1.0, abs=1e-5)  # one PPO epoch: on-policy
+    assert any(m["grad_norm"] > 0 for m in metrics[1:])
+    assert set(summary) >= {"start_acc", "final_acc", "sec_per_step", "peak_mem_mb"}
+    assert os.path.getsize(os.path.join(cfg.output_dir, "curves.png")) > 1000
+    start = gb.load_policy(gb.warm_start(cfg, *gb.load_task(cfg), torch.device("cpu")), cfg, torch.device("cpu"))[0]
+    trained = gb.load_policy(os.path.join(cfg.output_dir, "final"), cfg, torch.device("cpu"))[0]
+    assert any(not torch.equal(a, b) for a, b in zip(start.parameters(), trained.parameters()))
+
+
+def test_ppo_epochs_minibatches_and_kl_run(tiny_cfg):
+    cfg = tiny_cfg(num_iterations=2, num_mini_batches=2, beta=0.1, loss_type="seq-mean-token-mean", max_steps=2)
+    gb.train(cfg)
+    last = read_metrics(cfg.output_dir)[-1]
+    assert last["kl"] >= 0 and last["skipped_updates"] == 0
+
+
+def test_resume_after_a_kill_continues_with_the_same_numbers(tiny_cfg, tmp_path, monkeypatch):
+    full = tiny_cfg(output_dir=str(tmp_path / "full"), max_steps=4)
+    gb.train(full)
+
+    cut = tiny_cfg(output_dir=str(tmp_path / "cut"), max_steps=4)
+    real_update, calls = gb.update, []
+
+    def killed_at_step_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # after the step-2 checkpoint, mid-way through step 3
+            raise KeyboardInterrupt
+        return real_update(*args, **kwargs)
+
+    monkeypatch.setattr(gb, "update", killed_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        gb.train(cut)
+    monkeypatch.setattr(gb, "update", real_update)
+    with pytest.raises(ValueError, match="--resume"):  # a restart without --resume must not clobber the run
+        gb.train(cut)
+    gb.train(tiny_cfg(output_dir=str(tmp_path / "cut"), max_steps=4, resume=True))
+
+    assert read_metrics(cut.output_dir) == read_metrics(full.output_dir)
+    for name, value in final_weights(full.output_dir).items():
+        assert torch.equal(value, final_weights(cut.output_dir)[name]), name
+
+
+def test_resume_refuses_changed_options(tiny_cfg):
+    gb.train(tiny_cfg(max_steps=2))
+    with pytest.raises(ValueError, match="learning_rate"):
+        gb.train(tiny_cfg(max_steps=3, resume=True, learning_rate=1e-3))
+
+
+def test_non_finite_credit_skips_the_update_and_keeps_the_checkpoint_clean(tiny_cfg, capsys):
+    cfg = tiny_cfg(max_steps=2)
+
+    def nan_credit(batch, model, tokenizer, cfg, step):
+        return torch.full_like(batch.old_logp, float("nan")), {}
+
+    gb.train(cfg, credit=nan_credit)
+    assert [m["skipped_updates"] for m in read_metrics(cfg.output_dir)[1:]] == [1, 1]
+    assert "non-finite" in capsys.readouterr().err
+    start = gb.load_policy(gb.warm_start(cfg, *gb.load_task(cfg), torch.device("cpu")), cfg, torch.device("cpu"))[0]
+    for name, value in start.state_dict().items():
+        assert torch.equal(value, final_weights(cfg.output_dir)[name]), name
+
+
+def test_left_padding_does_not_change_log_probs(tiny_cfg):
+    cfg = tiny_cfg()
+    model, tok = gb.load_policy(gb.warm_start(cfg, *gb.load_task(cfg), torch.device("cpu")), cfg, torch.device("cpu"))
+    short, long_ = tok("1+2\n").input_ids, tok("11+12+13\n").input_ids
+    response = tok("1+2=3\n#### 3").input_ids + [tok.eos_token_id]
+    alone = gb.completion_logprobs(model, *gb.pad_batch([short], [response], tok.pad_token_id, "cpu"), 1.0, 8)[0]
+    padded = gb.completion_logprobs(model, *gb.pad_batch([long_, short], [response[:3], response], tok.pad_token_id,
+                                                         "cpu"), 1.0, 8)[0]
+    torch.testing.assert_close(padded[1], alone[0], atol=1e-5, rtol=1e-5)
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<assistant>{% endif %}")
+
+
+def test_real_path_loads_a_saved_model_and_a_local_dataset(tmp_path, capsys):
+    """Any causal LM and any dataset: a tiny model saved with save_pretrained (tokenizer with a chat
+    template) and a GSM8K-shaped jsonl file, loaded back through the public APIs."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    tok = gb.char_tokenizer()
+    tok.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, pad_token_id=tok.pad_token_id,
+                                         eos_token_id=tok.eos_token_id))
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    rows = [{"problem": f"What is {a} plus {a}?", "solution": f"{a}+{a}={2 * a}.\n#### {2 * a}"} for a in range(12)]
+    rows.append({"problem": "broken row", "solution": "no final answer"})
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = gb.GRPOConfig(model=str(tmp_path / "model"), dataset=str(tmp_path / "data.jsonl"), question_field="problem",
+                        answer_field="solution", output_dir=str(tmp_path / "run"), eval_size=3, prompts_per_step=2,
+                        num_generations=2, max_completion_length=6, max_steps=2, eval_steps=2, save_steps=2)
+    gb.train(cfg)
+    assert "skipped 1 of" in capsys.readouterr().err
+    metrics = read_metrics(cfg.output_dir)
+    assert [m["step"] for m in metrics] == [0, 1, 2] and metrics[-1]["skipped_updates"] == 0
+    _, loaded_tok = gb.load_policy(cfg.model, cfg, torch.device("cpu"))
+    prompt = loaded_tok.decode(gb.prompt_ids(loaded_tok, "What is 1 plus 1?", gb.DEFAULT_INSTRUCTION))
+    assert prompt.startswith("<user>What is 1 plus 1?") and prompt.endswith("<assistant>")
