@@ -516,18 +516,18 @@ def group_advantages(rewards, group_size, eps=1e-6, scale=True):
     if rewards.ndim != 1 or rewards.numel() % group_size:
         raise ValueError(f"rewards of shape {tuple(rewards.shape)} do not split into groups of {group_size}")
     grouped = rewards.view(-1, group_size).float()
-    centred = grouped - grouped.mean(1, keepdim=True)
+    centred = grouped - grouped.mean(1, keepdim=True)  # (0.1) numerator
     constant = (grouped == grouped[:, :1]).all(1, keepdim=True)
     centred = torch.where(constant, 0.0, centred)  # exactly 0: a float mean can miss equal rewards by an ulp
     if scale:
-        centred = centred / (grouped.std(1, keepdim=True) + eps)
+        centred = centred / (grouped.std(1, keepdim=True) + eps)  # (0.1) denominator
     return centred.reshape(-1)
 
 
 def grpo_token_advantages(advantages, mask):
     """(0.2) Â_{i,t} = A_i * m_{i,t}: every token of a response gets the same credit.
     advantages (N,), mask (N, L) -> (N, L)."""
-    return advantages[:, None] * mask
+    return advantages[:, None] * mask  # (0.2)
 
 
 def policy_loss(logp, old_logp, advantages, mask, clip_low=0.2, clip_high=0.28, agg="token-mean", normalizer=None):
@@ -541,10 +541,10 @@ def policy_loss(logp, old_logp, advantages, mask, clip_low=0.2, clip_high=0.28, 
     """
     valid = mask > 0
     log_ratio = torch.where(valid, logp - old_logp, 0.0)  # TRL does not clamp the log-ratio; neither do we
-    ratio = torch.exp(log_ratio)
+    ratio = torch.exp(log_ratio)  # (0.3)
     unclipped = ratio * advantages
     clipped = torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * advantages
-    per_token = torch.where(valid, -torch.minimum(unclipped, clipped), 0.0)
+    per_token = torch.where(valid, -torch.minimum(unclipped, clipped), 0.0)  # (0.4)
     loss = aggregate(per_token, mask, agg, normalizer)
     with torch.no_grad():
         is_clipped = valid & (clipped < unclipped)  # the clip is active: the gradient is 0 here
@@ -570,7 +570,7 @@ def kl_k3(logp, ref_logp):
     >= 0, and exactly 0 (with zero gradient) where logp == ref_logp. Same shape in and out.
     Unclamped, as TRL (verl clamps to +-10)."""
     r = ref_logp - logp
-    return torch.exp(r) - r - 1
+    return torch.exp(r) - r - 1  # (0.5)
 
 
 def grpo_credit(batch, model, tokenizer, cfg, step):
