@@ -492,6 +492,7 @@ def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completi
 class Rollouts:
     """One RL step's batch: N = B * G responses, prompts grouped contiguously (rows i*G..i*G+G-1)."""
     rows: list              # (N,) task rows, one per response
+    prompts: list           # (N,) prompt token ids, unpadded
     prompt_ids: torch.Tensor       # (N, P) left-padded
     prompt_mask: torch.Tensor      # (N, P)
     completion_ids: torch.Tensor   # (N, L)
@@ -502,6 +503,8 @@ class Rollouts:
     old_logp: torch.Tensor         # (N, L) log pi_old, teacher-forced with the trainer's code path
     ref_logp: torch.Tensor = None  # (N, L) log pi_ref when beta > 0
     group_size: int = 1
+    sampled: torch.Tensor = None   # (N,) bool: False for responses the policy did not sample (gold's)
+    notes: list = None             # (N,) what the credit scored each response under, for the picture
 
 
 # =============================================================================================
@@ -574,15 +577,27 @@ def kl_k3(logp, ref_logp):
 
 
 def grpo_credit(batch, model, tokenizer, cfg, step):
-    """The seam: rolled-out batch -> (per-token advantages (N, L), metrics). GRPO's is uniform."""
+    """Seam 1, token credit: rolled-out batch -> (per-token advantages (N, L), metrics).
+    GRPO's is uniform. gcpo.py and cepo.py replace it."""
     return grpo_token_advantages(batch.advantages, batch.completion_mask), {}
+
+
+def grpo_loss(logp, old_logp, token_adv, mask, cfg, normalizer):
+    """Seam 2, the surrogate loss on one micro-batch: -> (loss, stats). gold.py replaces the
+    token ratio with a sequence ratio; gcpo.py adds an entropy term."""
+    return policy_loss(logp, old_logp, token_adv, mask, cfg.epsilon, cfg.epsilon_high, cfg.loss_type, normalizer)
 
 
 # =============================================================================================
 # 6. Training loop, evaluation, checkpoints.
 # =============================================================================================
-def rollout(model, tokenizer, rows, prompts, cfg, device, ref_model):
-    """Sample, score and baseline one step's groups. Returns (Rollouts, seconds per phase)."""
+def rollout(model, tokenizer, rows, prompts, cfg, device, ref_model, edit_rollouts=None):
+    """Sample, reward and baseline one step's groups, then teacher-force log pi_old.
+    Returns (Rollouts, seconds per phase, stats).
+
+    Seam 3, `edit_rollouts(rows, completion_ids, mask, texts, rewards, tokenizer, cfg) ->
+    (completion_ids, mask, texts, rewards, sampled, stats)` may change the group before the
+    advantages are computed (gold.py swaps in reference solutions)."""
     G = cfg.num_generations
     rows = [r for r in rows for _ in range(G)]
     prompts = [p for p in prompts for _ in range(G)]
@@ -591,6 +606,10 @@ def rollout(model, tokenizer, rows, prompts, cfg, device, ref_model):
     t1 = time.perf_counter()
     texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
     rewards = torch.tensor([reward_fn(t, r["answer"]) for t, r in zip(texts, rows)], device=device)
+    sampled, stats = torch.ones_like(rewards, dtype=torch.bool), {}
+    if edit_rollouts is not None:
+        completion_ids, mask, texts, rewards, sampled, stats = edit_rollouts(rows, completion_ids, mask, texts, rewards,
+                                                                            tokenizer, cfg)
     advantages = group_advantages(rewards, G, scale=cfg.scale_rewards == "group")
     p_ids, p_mask, _, _ = pad_batch(prompts, [[]] * len(prompts), tokenizer.pad_token_id, device)
     old_logp, entropy = completion_logprobs(model, p_ids, p_mask, completion_ids, mask, cfg.temperature,
@@ -599,14 +618,18 @@ def rollout(model, tokenizer, rows, prompts, cfg, device, ref_model):
     if ref_model is not None:
         ref_logp, _ = completion_logprobs(ref_model, p_ids, p_mask, completion_ids, mask, cfg.temperature,
                                           cfg.micro_batch_size)
-    batch = Rollouts(rows, p_ids, p_mask, completion_ids, mask, texts, rewards, advantages, old_logp, ref_logp, G)
-    stats = {"entropy": ((entropy * mask).sum() / mask.sum()).item(),
-             "empty_responses": sum(not t.strip() for t in texts),
-             "truncated": (mask[:, -1] * (completion_ids[:, -1] != tokenizer.eos_token_id)).sum().item()}
+    batch = Rollouts(rows, prompts, p_ids, p_mask, completion_ids, mask, texts, rewards, advantages, old_logp, ref_logp,
+                     G, sampled)
+    own = sampled.nonzero().squeeze(1).tolist()  # metrics describe the policy's own samples only
+    stats = {**stats, "reward": rewards[sampled].mean().item(),
+             "entropy": ((entropy * mask)[sampled].sum() / mask[sampled].sum()).item(),
+             "response_length": mask[sampled].sum(1).mean().item(),
+             "empty_responses": sum(not texts[i].strip() for i in own),
+             "truncated": (mask[:, -1] * (completion_ids[:, -1] != tokenizer.eos_token_id))[sampled].sum().item()}
     return batch, {"t_generate": t1 - t0, "t_score": time.perf_counter() - t1}, stats
 
 
-def update(model, optimizer, batch, token_adv, cfg):
+def update(model, optimizer, batch, token_adv, cfg, loss_fn=grpo_loss):
     """num_iterations PPO epochs of num_mini_batches optimizer steps each. A mini-batch whose loss
     or gradient is not finite is skipped (and counted), never applied."""
     N = len(batch.rows)
@@ -624,8 +647,7 @@ def update(model, optimizer, batch, token_adv, cfg):
                 mb = idx[s:s + cfg.micro_batch_size]
                 logp, _ = completion_logprobs(model, batch.prompt_ids[mb], batch.prompt_mask[mb], batch.completion_ids[mb],
                                               batch.completion_mask[mb], cfg.temperature, cfg.micro_batch_size, grad=True)
-                loss, stats = policy_loss(logp, batch.old_logp[mb], token_adv[mb], batch.completion_mask[mb],
-                                          cfg.epsilon, cfg.epsilon_high, cfg.loss_type, normalizer)
+                loss, stats = loss_fn(logp, batch.old_logp[mb], token_adv[mb], batch.completion_mask[mb], cfg, normalizer)
                 if cfg.beta > 0:
                     kl = torch.where(batch.completion_mask[mb] > 0, kl_k3(logp, batch.ref_logp[mb]), 0.0)
                     loss = loss + cfg.beta * aggregate(kl, batch.completion_mask[mb], cfg.loss_type, normalizer)
@@ -701,8 +723,8 @@ def step_prompts(step, batch_size, n, seed):
     return out
 
 
-def train(cfg, credit=grpo_credit):
-    """Run RL with the given token-credit function; returns the run's summary dict."""
+def train(cfg, credit=grpo_credit, loss_fn=grpo_loss, edit_rollouts=None):
+    """Run RL with the given method (the three seams above); returns the run's summary dict."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
@@ -718,7 +740,7 @@ def train(cfg, credit=grpo_credit):
     train_rows, eval_rows = load_task(cfg)
     model_path = cfg.model or warm_start(cfg, train_rows, eval_rows, device)
     model, tokenizer = load_policy(model_path, cfg, device)
-    instruction = cfg.instruction if cfg.instruction is not None else (DEFAULT_INSTRUCTION if cfg.model else "")
+    instruction = resolve_instruction(cfg)
     prompts = [prompt_ids(tokenizer, r["question"], instruction) for r in train_rows]
     keep = [i for i, p in enumerate(prompts) if len(p) <= cfg.max_prompt_length]
     if len(keep) < len(prompts):
@@ -753,18 +775,17 @@ def train(cfg, credit=grpo_credit):
     for step in bar:
         idx = step_prompts(step, cfg.prompts_per_step, len(train_rows), cfg.seed)
         batch, times, stats = rollout(model, tokenizer, [train_rows[i] for i in idx], [prompts[i] for i in idx],
-                                      cfg, device, ref_model)
+                                      cfg, device, ref_model, edit_rollouts)
         t0 = time.perf_counter()
         token_adv, credit_stats = credit(batch, model, tokenizer, cfg, step)
         t1 = time.perf_counter()
-        upd = update(model, optimizer, batch, token_adv, cfg)
+        upd = update(model, optimizer, batch, token_adv, cfg, loss_fn)
         t2 = time.perf_counter()
         valid = batch.completion_mask > 0
-        metrics = {"step": step, "reward": batch.rewards.mean().item(), **stats,
+        metrics = {"step": step, **stats,
                    "adv_abs_mean": batch.advantages.abs().mean().item(),
                    "token_adv_abs_mean": token_adv[valid].abs().mean().item(),
                    "zero_adv_groups": (batch.advantages.view(-1, batch.group_size).abs().sum(1) == 0).sum().item(),
-                   "response_length": batch.completion_mask.sum(1).mean().item(),
                    **credit_stats, **upd, **times, "t_credit": t1 - t0, "t_update": t2 - t1,
                    "peak_mem_mb": peak_memory_mb(device)}
         if upd["skipped_updates"]:
@@ -777,6 +798,9 @@ def train(cfg, credit=grpo_credit):
         if step % cfg.save_steps == 0 or step == cfg.max_steps:
             save_checkpoint(ckpt_path, model, optimizer, step, cfg)
     log.close()
+    if start < cfg.max_steps:  # the last step's responses, coloured by their credit
+        render_credit_html(os.path.join(cfg.output_dir, "credit.html"),
+                           {os.path.basename(cfg.output_dir): credit_examples(batch, token_adv, tokenizer)})
     model.save_pretrained(os.path.join(cfg.output_dir, "final"))
     tokenizer.save_pretrained(os.path.join(cfg.output_dir, "final"))
     summary = summarize(history, cfg)
@@ -784,6 +808,54 @@ def train(cfg, credit=grpo_credit):
         json.dump(summary, f, indent=1)
     plot_curves({os.path.basename(cfg.output_dir): history}, os.path.join(cfg.output_dir, "curves.png"))
     return summary
+
+
+def resolve_instruction(cfg):
+    return cfg.instruction if cfg.instruction is not None else (DEFAULT_INSTRUCTION if cfg.model else "")
+
+
+def credit_examples(batch, token_adv, tokenizer, k=6):
+    """The first k sampled responses with A != 0, each token with its credit multiplier Â/A."""
+    examples = []
+    for i in range(len(batch.rows)):
+        a = batch.advantages[i].item()
+        if not batch.sampled[i] or a == 0:
+            continue
+        n = int(batch.completion_mask[i].sum())
+        examples.append({"question": batch.rows[i]["question"], "answer": batch.rows[i]["answer"],
+                         "note": batch.notes[i] if batch.notes else "", "advantage": a,
+                         "tokens": [tokenizer.decode([t]) for t in batch.completion_ids[i, :n].tolist()],
+                         "multipliers": (token_adv[i, :n] / a).tolist()})
+        if len(examples) == k:
+            break
+    return examples
+
+
+def render_credit_html(path, columns):
+    """An HTML page colouring each response token by its credit multiplier Â/A: white = 1 (GRPO's
+    uniform credit), green > 1 (more credit), red < 1 (less). columns: {method: credit_examples},
+    shown side by side, row by row, so the same response can be compared across methods."""
+    import html
+
+    def cell(ex):
+        spans = []
+        for tok, m in zip(ex["tokens"], ex["multipliers"]):
+            v = max(-1.0, min(1.0, math.log(max(m, 1e-3)) / math.log(3)))  # x3 or /3 saturates
+            rgb = (255, int(255 * (1 + v)), int(255 * (1 + v))) if v < 0 else (int(255 * (1 - v)), 255, int(255 * (1 - v)))
+            text = html.escape(tok).replace("\n", "&#9166;<br>") or "&nbsp;"
+            spans.append(f'<span title="{m:.3f}" style="background:rgb{rgb}">{text}</span>')
+        return (f"<b>{html.escape(ex['question'])}</b> (answer {html.escape(ex['answer'])}, A = {ex['advantage']:+.2f})"
+                f"<br><small>{html.escape(ex['note'])}</small><pre>{''.join(spans)}</pre>")
+
+    rows = max(len(v) for v in columns.values())
+    body = "".join("<tr>" + "".join(f"<td>{cell(v[r]) if r < len(v) else ''}</td>" for v in columns.values()) + "</tr>"
+                   for r in range(rows))
+    head = "".join(f"<th>{html.escape(name)}</th>" for name in columns)
+    with open(path, "w") as f:
+        f.write("<!doctype html><meta charset=utf-8><title>token credit</title><style>td{vertical-align:top;"
+                "padding:8px;border:1px solid #ddd}pre{font-size:15px;white-space:pre-wrap}span{padding:1px}</style>"
+                "<p>Each response token coloured by its credit multiplier Â/A (hover for the value): white = 1, "
+                f"as GRPO gives every token; green = more credit, red = less.</p><table><tr>{head}</tr>{body}</table>")
 
 
 def history_last(history, key):
@@ -819,10 +891,11 @@ def plot_curves(histories, path):
     plt.close(fig)
 
 
-def main(config_cls=GRPOConfig, credit=grpo_credit, argv=None):
+def main(config_cls=GRPOConfig, argv=None, **method):
+    """CLI entry point; `method` holds the seams an algorithm file replaces (credit, loss_fn, edit_rollouts)."""
     cfg = parse_config(config_cls, argv)
     try:
-        summary = train(cfg, credit)
+        summary = train(cfg, **method)
     except ValueError as e:  # bad input: name the problem, no traceback
         sys.exit(f"error: {e}")
     print(json.dumps(summary, indent=1))
