@@ -118,11 +118,16 @@ class GRPOConfig:
                      "task_operands", "task_max_operand"):
             need(getattr(self, flag) >= 1, flag, "must be >= 1")
         need(self.warm_start_steps >= 0, "warm_start_steps", "must be >= 0")
-        for flag in ("scale_rewards", "loss_type"):
-            choices = next(f.metadata["choices"] for f in dataclasses.fields(self) if f.name == flag)
-            need(getattr(self, flag) in choices, flag, f"must be one of {choices}")
+        for f in dataclasses.fields(self):
+            if "choices" in f.metadata:
+                need(getattr(self, f.name) in f.metadata["choices"], f.name, f"must be one of {f.metadata['choices']}")
+        bad.extend(self.method_problems())
         if bad:
             raise ValueError("bad option: " + "; ".join(bad))
+
+    def method_problems(self):
+        """Checks an algorithm's config adds: a list of '--flag=value: why' strings."""
+        return []
 
 
 def parse_config(config_cls=GRPOConfig, argv=None):
