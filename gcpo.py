@@ -1,0 +1,159 @@
+"""GCPO: Guidance Contrastive Policy Optimization (Shufan Li et al., 2026, arXiv 2605.29198).
+
+The tokens that matter are the ones whose probability depends on the guidance in the prompt.
+Each sampled token is scored under the real prompt x and under a negative prompt x- (guidance
+contradicted or removed); the tokens where the two disagree most get most of the response's
+advantage. Spec: ../shared/ALGORITHMS.md §1. As a diff against grpo_baseline.py it replaces the
+token credit (and adds the reference's optional entropy term to the loss):
+
+  (1.1) lp+_t = log pi(y_t | x, y_<t)    the rollout's own teacher-forced log-probs (detached); at
+                                         the first PPO epoch these are the update's forward pass
+  (1.2) lp-_t = log pi(y_t | x-, y_<t)   one extra no-grad forward, micro-batched
+  (1.3) d_t = min(10, e^u - u - 1),  u = clamp(lp-_t - lp+_t, -20, 20)      (k3; 0 where they agree)
+  (1.4) "hist": p_t = rank of d_t in its response / n,  w_t = p_t^alpha normalised to mean 1,
+        alpha = ln(1-y)/ln(1-x) - 1 with x = 0.4, y = 0.8: the top 40% of tokens carry 80% of the weight
+  (1.5) Â_{i,t} = A_i * w_{i,t} * m_{i,t}
+
+Weights are >= 0 and average exactly 1 over a response, so sum_t Â = A_i |y_i| as in GRPO: credit
+is moved between tokens, never created. The same weights multiply positive and negative A.
+Departure from the reference code: it ranks with argsort, so equal divergences get arbitrary
+different weights even when the contrast vanishes; we give ties their average rank, so equal
+divergences get equal weights and lp+ == lp- everywhere reduces GCPO to GRPO exactly.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+
+import grpo_baseline as gb
+from grpo_baseline import opt
+
+TOP_SHARE, TOP_WEIGHT = 0.4, 0.8  # (1.4): x and y
+HIST_ALPHA = math.log(1 - TOP_WEIGHT) / math.log(1 - TOP_SHARE) - 1  # ~2.15
+
+
+@dataclass
+class GCPOConfig(gb.GRPOConfig):
+    output_dir: str = opt("runs/gcpo", "metrics.jsonl, curves.png, credit.html, checkpoint.pt and the final model go here")
+    negative: str = opt("wrong_answer", "negative prompt x-: 'wrong_answer' (the question plus a request for a wrong "
+                        "answer) or 'empty_prompt' (the question removed: its blank_question, else a generic one)",
+                        choices=("wrong_answer", "empty_prompt"))
+    weight_norm: str = opt("hist", "divergence -> weight: 'hist' (rank power, the paper's runs), 'mean' (d / mean d), "
+                           "'softmax' (n * softmax(d / weight_temperature), the reference code's default)",
+                           choices=("hist", "mean", "softmax"))
+    weight_temperature: float = opt(0.1, "temperature of --weight_norm softmax")
+    entropy_coef: float = opt(0.0, "the reference's 'entropy penalty': adds coef * mean(-log pi(y_t)); minimising it "
+                              "raises the sampled tokens' probability, i.e. lowers entropy (its scripts: 0.02 for 7B)")
+
+    def method_problems(self):
+        bad = []
+        if not self.weight_temperature > 0:
+            bad.append(f"--weight_temperature={self.weight_temperature!r}: must be > 0")
+        if self.entropy_coef < 0:
+            bad.append(f"--entropy_coef={self.entropy_coef!r}: must be >= 0")
+        return bad
+
+
+def divergence(logp_pos, logp_neg):
+    """(1.3) pointwise k3 divergence, clamped as the reference: (N, L) -> (N, L), >= 0."""
+    u = (logp_neg - logp_pos).clamp(-20, 20)
+    return (torch.exp(u) - u - 1).clamp(0, 10)
+
+
+def average_ranks(values, valid):
+    """1-based rank of each valid entry within its row, ties sharing their average rank. (N, L).
+    Vectorised: sort once, then count the entries below and up to each value (searchsorted)."""
+    key = torch.where(valid, values, torch.inf).contiguous()  # padding sorts last, ranks no valid entry
+    ordered = key.sort(1).values
+    below = torch.searchsorted(ordered, key, right=False)
+    up_to = torch.searchsorted(ordered, key, right=True)
+    return (below + 1 + up_to).to(values.dtype) / 2
+
+
+def guidance_weights(logp_pos, logp_neg, mask, norm="hist", temperature=0.1):
+    """Token weights from the guidance contrast, (N, L) -> (N, L): >= 0, mean exactly 1 over each
+    response's valid tokens, 0 on padding, a function of lp- - lp+ only, never smaller for a
+    larger divergence within a response. A response whose divergences are all equal gets weight
+    1 everywhere (exactly: then GCPO is GRPO)."""
+    valid = mask > 0
+    n = valid.sum(1, keepdim=True).clamp(min=1)
+    d = torch.where(valid, divergence(logp_pos, logp_neg), 0.0)
+    if norm == "hist":  # (1.4)
+        raw = (average_ranks(d, valid) / n) ** HIST_ALPHA
+    elif norm == "mean":
+        raw = d
+    elif norm == "softmax":
+        raw = torch.exp(torch.where(valid, d, -torch.inf) / temperature
+                        - (torch.where(valid, d, -torch.inf) / temperature).amax(1, keepdim=True))
+    else:
+        raise ValueError(f"unknown weight norm {norm!r}: use 'hist', 'mean' or 'softmax'")
+    raw = torch.where(valid, raw, 0.0)
+    total = raw.sum(1, keepdim=True)
+    weights = raw * n / torch.where(total > 0, total, 1.0)
+    d_first = d.gather(1, valid.float().argmax(1, keepdim=True))
+    uniform = (torch.where(valid, d, d_first) == d_first).all(1, keepdim=True)  # no contrast at all
+    return torch.where(valid, torch.where(uniform, 1.0, weights), 0.0)
+
+
+def gcpo_token_advantages(adv, logp_pos, logp_neg, mask, norm="hist", temperature=0.1):
+    """(1.5) Â_{i,t} = A_i * w_{i,t} * m_{i,t}. adv (N,), the rest (N, L) -> (N, L)."""
+    return adv[:, None] * guidance_weights(logp_pos, logp_neg, mask, norm, temperature) * mask
+
+
+def negative_prompt(tokenizer, row, negative, instruction):
+    """Token ids of x-. 'wrong_answer': the question, the instruction and a request for a wrong
+    answer, in the user turn; 'empty_prompt': the question removed (the row's blank_question, or a
+    generic 'Answer the question.'). The embedded warm start teaches the model both."""
+    if negative == "wrong_answer":
+        return gb.prompt_ids(tokenizer, row["question"], instruction + gb.WRONG_ANSWER_INSTRUCTION)
+    return gb.prompt_ids(tokenizer, row.get("blank_question") or gb.EMPTY_QUESTION, instruction)
+
+
+def gcpo_credit(batch, model, tokenizer, cfg, step):
+    """The credit seam: one no-grad forward of x- + y for every response with A != 0 (the others
+    get no credit whatever their weights), then (1.3)-(1.5)."""
+    live = (batch.advantages != 0).nonzero().squeeze(1)
+    token_adv = torch.zeros_like(batch.old_logp)
+    instruction = gb.resolve_instruction(cfg)
+    negatives = [negative_prompt(tokenizer, batch.rows[i], cfg.negative, instruction) for i in live.tolist()]
+    batch.notes = [""] * len(batch.rows)
+    for i, ids in zip(live.tolist(), negatives):
+        batch.notes[i] = "negative prompt x-: " + repr(tokenizer.decode(ids, skip_special_tokens=True))
+    if not len(live):
+        return token_adv, {}
+    ids, ids_mask, _, _ = gb.pad_batch(negatives, [[]] * len(negatives), tokenizer.pad_token_id, token_adv.device)
+    mask = batch.completion_mask[live]
+    logp_neg, _ = gb.completion_logprobs(model, ids, ids_mask, batch.completion_ids[live], mask, cfg.temperature,
+                                         cfg.micro_batch_size)
+    logp_pos = batch.old_logp[live]
+    weights = guidance_weights(logp_pos, logp_neg, mask, cfg.weight_norm, cfg.weight_temperature)
+    token_adv[live] = batch.advantages[live, None] * weights * mask  # (1.5)
+    return token_adv, weight_diagnostics(divergence(logp_pos, logp_neg), weights, mask)
+
+
+def weight_diagnostics(d, weights, mask):
+    """Divergence statistics, the share of weight on each response's top 40% of tokens, and the
+    entropy of each response's weight distribution (log n when uniform), averaged."""
+    valid = mask > 0
+    n = valid.sum(1)
+    top_k = torch.ceil(TOP_SHARE * n).long()
+    ranked = weights.sort(1, descending=True).values
+    top_share = (ranked * (torch.arange(weights.shape[1], device=d.device)[None] < top_k[:, None])).sum(1) / n
+    q = weights / n[:, None]
+    entropy = -torch.where(valid & (q > 0), q * q.log(), 0.0).sum(1)
+    return {"div_mean": d[valid].mean().item(), "div_max": d[valid].max().item(),
+            "div_zero_frac": (d[valid] == 0).float().mean().item(),
+            "weight_top40_share": top_share.mean().item(), "weight_entropy": entropy.mean().item(),
+            "weight_entropy_uniform": n.float().log().mean().item()}
+
+
+def gcpo_loss(logp, old_logp, token_adv, mask, cfg, normalizer):
+    """GRPO's loss plus the reference's optional entropy term (entropy_coef * mean(-log pi))."""
+    loss, stats = gb.grpo_loss(logp, old_logp, token_adv, mask, cfg, normalizer)
+    if cfg.entropy_coef:
+        loss = loss + cfg.entropy_coef * gb.aggregate(torch.where(mask > 0, -logp, 0.0), mask, cfg.loss_type, normalizer)
+    return loss, stats
+
+
+if __name__ == "__main__":
+    gb.main(GCPOConfig, credit=gcpo_credit, loss_fn=gcpo_loss)
