@@ -90,7 +90,7 @@ class GRPOConfig:
     cache_dir: str = opt("cache", "where the embedded warm start is cached, keyed by its config")
     task_operands: int = opt(4, "embedded task: numbers to add per problem")
     task_max_operand: int = opt(9, "embedded task: operands are drawn from 0..this")
-    warm_start_steps: int = opt(250, "embedded task: supervised steps of the warm start (sets how competent the start is)")
+    warm_start_steps: int = opt(500, "embedded task: supervised steps of the warm start")
 
     # options that may differ when a run is resumed (everything else must match the checkpoint)
     RESUMABLE = ("resume", "max_steps", "eval_steps", "save_steps", "overwrite_output_dir")
@@ -156,7 +156,7 @@ def parse_config(config_cls=GRPOConfig, argv=None):
 DEFAULT_INSTRUCTION = " Let's think step by step and output the final answer after \"####\"."
 # Contexts the later methods score responses under. The embedded warm start teaches all three, so
 # a model trained from scratch can read them as a pretrained LLM reads an instruction.
-ANSWER_HINT = "The answer is {answer}.\n"         # CEPO's teachers: prompt + hint + response
+ANSWER_HINT = "Answer: #### {answer}\n"           # CEPO's teachers: prompt + hint + response
 WRONG_ANSWER_INSTRUCTION = " Give a wrong answer."  # GCPO's negative 'wrong_answer': appended to the question
 EMPTY_QUESTION = "Answer the question."             # GCPO's negative 'empty_prompt' when a row has no blank_question
 
@@ -173,14 +173,29 @@ def arithmetic_problem(rng, operands, max_operand):
             "blank_question": "+".join("?" * len(str(n)) for n in nums)}
 
 
-def running_sum_solution(nums, error_at=None, error=0):
-    """'3+5=8\\n8+8=16\\n#### 16'; with error_at, that step's sum is off by `error` (a wrong solution)."""
+def running_sum_solution(nums, slip=None):
+    """'3+5=8\\n8+8=16\\n#### 16'. slip(k, total, n) -> an offset added to step k's sum (a mistake;
+    the chain then goes on from the wrong total)."""
     lines, total = [], nums[0]
     for k, n in enumerate(nums[1:]):
-        new = total + n + (error if k == error_at else 0)
+        new = total + n + (slip(k, total, n) if slip else 0)
         lines.append(f"{total}+{n}={new}")
         total = new
     return "\n".join(lines) + f"\n#### {total}"
+
+
+CONFUSABLE_SHARE = 0.4  # of the addition facts, written wrong half of the time in the warm-start corpus
+
+
+def confusable_slip(rng):
+    """The warm start's imperfect knowledge: a fixed 40% of the facts 'total+n' are written off by
+    a fixed ±1 in half of the corpus's solutions. A model trained on it to convergence has seen
+    both answers of those facts and is unsure between them, so it is partially competent, for a
+    reason RL can fix: it samples both, and the reward tells them apart."""
+    def slip(k, total, n):
+        fact = random.Random(f"{total}+{n}")
+        return fact.choice([-1, 1]) if fact.random() < CONFUSABLE_SHARE and rng.random() < 0.5 else 0
+    return slip
 
 
 def make_arithmetic_task(cfg, train_size=4000):
@@ -323,26 +338,34 @@ def prompt_ids(tokenizer, question, instruction=""):
 def warm_start_corpus(rng, row, cfg):
     """One supervised example (context text, response text) for the embedded warm start.
 
-    Most examples are plain question -> worked solution. A minority teach the contexts the other
-    methods score responses under, which a model trained from scratch cannot otherwise read:
-    an answer hint before the solution, right (8%) or wrong (4%) with a solution that reaches it
-    (CEPO's teachers); a request for a wrong answer (6%) and the operands blanked (6%) (GCPO's
-    negative prompts).
+    Solutions come with the corpus's imperfect knowledge (confusable_slip). Most examples (55%) are
+    plain question -> solution. A minority teach the contexts the other methods score responses
+    under, which a model trained from scratch cannot otherwise read:
+    - CEPO's teachers: an answer hint before the solution, right (10%), or wrong (25%) with the
+      solution's steps and the hint as its final answer: a writer told the answer writes it down.
+      The hint is written as the answer line ('Answer: #### 13') so that reading it is a copy of a
+      string seen before, which a tiny model learns. (With the hint as a sentence, with 12% of wrong
+      hints, or with the error inside the steps, it never learned to read the hint in our tries.)
+    - GCPO's negative prompts: a request for a wrong answer (5%), answered with one more mistake at
+      a random step, and the question with its operands blanked (5%), answered with a solution.
     """
     nums = [int(n) for n in row["question"].split("+")]
-    step = rng.randrange(len(nums) - 1)
-    wrong = running_sum_solution(nums, error_at=step, error=rng.choice([-3, -2, -1, 1, 2, 3]))
-    right = row["solution"]
+    slip = confusable_slip(rng)
+    solution = running_sum_solution(nums, slip)
+    written = int(extract_answer(solution))
     u = rng.random()
-    if u < 0.08:
-        return row["question"] + "\n" + ANSWER_HINT.format(answer=extract_answer(right)), right
-    if u < 0.12:
-        return row["question"] + "\n" + ANSWER_HINT.format(answer=extract_answer(wrong)), wrong
-    if u < 0.18:
+    if u < 0.10:
+        return row["question"] + "\n" + ANSWER_HINT.format(answer=written), solution
+    if u < 0.35:
+        hint = written + rng.choice([-3, -2, -1, 1, 2, 3])
+        return row["question"] + "\n" + ANSWER_HINT.format(answer=hint), solution.rsplit("####", 1)[0] + f"#### {hint}"
+    if u < 0.40:
+        step, error = rng.randrange(len(nums) - 1), rng.choice([-3, -2, -1, 1, 2, 3])
+        wrong = running_sum_solution(nums, lambda k, total, n: slip(k, total, n) + (error if k == step else 0))
         return row["question"] + WRONG_ANSWER_INSTRUCTION + "\n", wrong
-    if u < 0.24:
-        return row["blank_question"] + "\n", right
-    return row["question"] + "\n", right
+    if u < 0.45:
+        return row["blank_question"] + "\n", solution
+    return row["question"] + "\n", solution
 
 
 def warm_start(cfg, train_rows, eval_rows, device):
@@ -351,7 +374,7 @@ def warm_start(cfg, train_rows, eval_rows, device):
     starts from the same weights)."""
     from transformers import LlamaConfig, LlamaForCausalLM
     tokenizer = char_tokenizer()
-    spec = {"version": 1, "layers": 4, "hidden": 128, "heads": 4, "steps": cfg.warm_start_steps,
+    spec = {"version": 9, "confusable": CONFUSABLE_SHARE, "layers": 4, "hidden": 128, "heads": 4, "steps": cfg.warm_start_steps,
             "batch": 64, "lr": 3e-3, "operands": cfg.task_operands, "max_operand": cfg.task_max_operand,
             "vocab": tokenizer.get_vocab()}
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
@@ -372,8 +395,8 @@ def warm_start(cfg, train_rows, eval_rows, device):
         contexts = [tokenizer(c).input_ids for c, _ in pairs]
         responses = [tokenizer(r).input_ids + [tokenizer.eos_token_id] for _, r in pairs]
         batch = pad_batch(contexts, responses, tokenizer.pad_token_id, device)
-        for group in optimizer.param_groups:  # linear warm-up over the first 10%, then constant
-            group["lr"] = spec["lr"] * min(1.0, (step + 1) / max(1, spec["steps"] // 10))
+        for group in optimizer.param_groups:  # linear warm-up over the first 10%, then linear decay to 0
+            group["lr"] = spec["lr"] * min((step + 1) / max(1, spec["steps"] // 10), 1 - step / spec["steps"])
         logp, _ = completion_logprobs(model, *batch, temperature=1.0, micro_batch_size=spec["batch"], grad=True)
         loss = -(logp * batch[3]).sum() / batch[3].sum()
         optimizer.zero_grad()
@@ -686,9 +709,26 @@ def evaluate(model, tokenizer, rows, cfg, device, instruction):
 
 
 def peak_memory_mb(device):
+    """Peak GPU memory allocated, or on CPU the process's peak resident set (since the last reset)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+    except (OSError, StopIteration):  # not Linux
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 2**20)
+
+
+def reset_peak_memory(device):
+    """So that several runs in one process each report their own peak."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # Linux: reset the peak resident set (VmHWM)
+        except OSError:
+            pass
 
 
 def save_checkpoint(path, model, optimizer, step, cfg):
@@ -759,6 +799,7 @@ def train(cfg, credit=grpo_credit, loss_fn=grpo_loss, edit_rollouts=None):
 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
+    reset_peak_memory(device)
     start, history = 0, []
     if cfg.resume:
         start = load_checkpoint(ckpt_path, model, optimizer, cfg)
@@ -811,7 +852,7 @@ def train(cfg, credit=grpo_credit, loss_fn=grpo_loss, edit_rollouts=None):
     summary = summarize(history, cfg)
     with open(os.path.join(cfg.output_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
-    plot_curves({os.path.basename(cfg.output_dir): history}, os.path.join(cfg.output_dir, "curves.png"))
+    plot_curves({os.path.basename(cfg.output_dir): [history]}, os.path.join(cfg.output_dir, "curves.png"))
     return summary
 
 
@@ -877,18 +918,26 @@ def summarize(history, cfg):
             "peak_mem_mb": max((m["peak_mem_mb"] for m in steps), default=0.0)}
 
 
-def plot_curves(histories, path):
-    """Sampled reward and held-out greedy accuracy against step, one line per run: {name: metrics}."""
+def plot_curves(runs, path):
+    """Sampled reward and held-out greedy accuracy against step: {name: [metrics of each seed]},
+    one line per name (the mean over its runs) with a band of one standard deviation."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
-    for name, history in histories.items():
-        steps = [m for m in history if "reward" in m]
-        ax[0].plot([m["step"] for m in steps], [m["reward"] for m in steps], lw=0.8, label=name)
-        evals = [m for m in history if "eval_acc" in m]
-        ax[1].plot([m["step"] for m in evals], [m["eval_acc"] for m in evals], marker="o", label=name)
-    ax[0].set(title="mean reward (sampled)", xlabel="step")
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    for name, histories in runs.items():
+        for axis, key in ((ax[0], "reward"), (ax[1], "eval_acc")):
+            steps = sorted({m["step"] for h in histories for m in h if key in m})
+            per_step = [[m[key] for h in histories for m in h if m["step"] == s and key in m] for s in steps]
+            mean = torch.tensor([sum(v) / len(v) for v in per_step])
+            std = torch.tensor([torch.tensor(v).std().item() if len(v) > 1 else 0.0 for v in per_step])
+            if key == "reward" and len(mean) >= 10:  # sampled reward is noisy: a 10-step moving average
+                mean = torch.nn.functional.avg_pool1d(mean[None], 10, 1)[0]
+                std = torch.nn.functional.avg_pool1d(std[None], 10, 1)[0]
+                steps = steps[9:]
+            (line,) = axis.plot(steps, mean.tolist(), label=name, marker="o" if key == "eval_acc" else None)
+            axis.fill_between(steps, (mean - std).tolist(), (mean + std).tolist(), color=line.get_color(), alpha=0.2)
+    ax[0].set(title="sampled reward (10-step moving average)", xlabel="step")
     ax[1].set(title="held-out greedy accuracy", xlabel="step", ylim=(0, 1))
     ax[1].legend()
     fig.tight_layout()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# ./run.sh        train every method on the embedded default and print the results table
-# ./run.sh test   run the test suite (extra arguments go to pytest)
+# ./run.sh         train every method on the embedded default (3 seeds) and write results/
+# ./run.sh bench   seconds per step of each method, split by phase, and peak memory
+# ./run.sh test    run the test suite (extra arguments go to pytest)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -16,16 +17,6 @@ PY=.venv/bin/python
 
 case "${1:-}" in
   test) shift; exec "$PY" -m pytest -q tests "$@" ;;
-  "") ;;
-  *) echo "usage: ./run.sh [test [pytest args]]" >&2; exit 2 ;;
+  bench) shift; exec "$PY" compare.py --bench "$@" ;;
+  *) exec "$PY" compare.py "$@" ;;  # e.g. ./run.sh --seeds 0 1
 esac
-
-for method in grpo_baseline gcpo cepo gold; do
-  if [ -f "$method.py" ]; then
-    echo "== $method" >&2
-    "$PY" "$method.py" --output_dir "runs/$method" --overwrite_output_dir > "runs_$method.log.tmp" 2>&1 \
-      || { cat "runs_$method.log.tmp" >&2; exit 1; }
-    mkdir -p "runs/$method" && mv "runs_$method.log.tmp" "runs/$method/log.txt"
-  fi
-done
-"$PY" report.py runs results

@@ -1,0 +1,153 @@
+"""CEPO: Contrastive Evidence Policy Optimization (arXiv 2605.19436).
+
+Self-distillation with two teachers, both the current policy under no grad, scoring the sampled
+response with a hint placed between prompt and response: the correct final answer r+, and the
+final answer of a rejected rollout of the same group r-. Tokens the correct-answer teacher likes
+more than the wrong-answer teacher carry the evidence for the right answer; they get a little more
+of a positive advantage (and a little less of a negative one). Spec: ../shared/ALGORITHMS.md §2.
+As a diff against grpo_baseline.py it replaces only the token credit:
+
+  (2.1) Δ_t = sg(log P+_t - log P-_t),  P±_t = pi(y_t | x, hint(r±), y_<t)
+  (2.2) w_t = clip(exp(sign(A_i) Δ_t), 1 - eps_w, 1 + eps_w)
+  (2.3) Â_{i,t} = A_i ((1 - λ) + λ w_t) m_{i,t}     (computed as A_i (1 + λ (w_t - 1)), equal, and
+        exactly A_i where w_t = 1)
+  (2.4) λ_s = λ0 max(0, 1 - (s - 1) / W) at RL step s = 1, 2, ...; at λ = 0 the teachers are skipped
+
+Â keeps the sign of A_i and stays within (1 ± λ eps_w)|A_i|: the teachers re-weight, never
+reverse. The hints enter only as the stop-gradient Δ, so the gradient is the student's,
+sum Â ∇ log pi(y_t | x, y_<t), with no hint in its context.
+Departure from the reference code: when the chosen rejected rollout has no parsable answer, the
+reference uses the literal string "None" as r-; we take the next rejected rollout with a
+parsable answer, and use r- = r+ (Δ = 0: GRPO) if there is none.
+`--teacher rlsd` replaces P- by the student's own P(y_t | x, y_<t) (RLSD, arXiv 2604.03128).
+"""
+from dataclasses import dataclass
+
+import torch
+
+import grpo_baseline as gb
+from grpo_baseline import opt
+
+
+@dataclass
+class CEPOConfig(gb.GRPOConfig):
+    output_dir: str = opt("runs/cepo", "metrics.jsonl, curves.png, credit.html, checkpoint.pt and the final model go here")
+    lambda_init: float = opt(0.5, "λ0, the weight of the teachers' evidence at step 1 (reference scripts: 0.5)")
+    lambda_schedule: str = opt("linear", "'linear': λ decays to 0 over --lambda_decay_steps; 'constant': λ0 throughout",
+                               choices=("linear", "constant"))
+    lambda_decay_steps: int = opt(25, "W: steps over which λ decays linearly to 0 (reference scripts: 25)")
+    epsilon_w: float = opt(0.2, "clip range of the token weight w (reference scripts: 0.2; its README: 0.5)")
+    teacher: str = opt("cepo", "'cepo': correct- vs wrong-answer teacher; 'rlsd': correct-answer teacher vs the "
+                       "student itself (RLSD)", choices=("cepo", "rlsd"))
+
+    def method_problems(self):
+        bad = []
+        if not 0 <= self.lambda_init <= 1:
+            bad.append(f"--lambda_init={self.lambda_init!r}: must be in [0, 1]")
+        if not 0 <= self.epsilon_w < 1:
+            bad.append(f"--epsilon_w={self.epsilon_w!r}: must be in [0, 1)")
+        if self.lambda_decay_steps < 1:
+            bad.append(f"--lambda_decay_steps={self.lambda_decay_steps!r}: must be >= 1")
+        return bad
+
+
+def lambda_at(step, cfg):
+    """(2.4) λ at RL step `step` (1-based)."""
+    if cfg.lambda_schedule == "constant":
+        return cfg.lambda_init
+    return cfg.lambda_init * max(0.0, 1 - (step - 1) / cfg.lambda_decay_steps)
+
+
+def cepo_token_advantages(adv, logp_pos, logp_neg, mask, lam, eps_w):
+    """(2.1)-(2.3). adv (N,) the GRPO advantages; logp_pos, logp_neg, mask (N, L) -> Â (N, L)."""
+    delta = (logp_pos - logp_neg).detach()  # (2.1)
+    w = torch.clamp(torch.exp(torch.sign(adv)[:, None] * delta), 1 - eps_w, 1 + eps_w)  # (2.2)
+    return torch.where(mask > 0, adv[:, None] * (1 + lam * (w - 1)), 0.0)  # (2.3)
+
+
+def wrong_answer_hints(texts, rewards, group_size):
+    """r- for each group (one per group, shared by its members): the final answer of its
+    lowest-reward rejected rollout (reward < 1), skipping rollouts with no parsable answer; None
+    when no rejected rollout has one (then r- = r+). texts, rewards (N,) -> list of N/G."""
+    hints = []
+    for g in range(0, len(texts), group_size):
+        rejected = sorted((r, i) for i, r in enumerate(rewards[g:g + group_size].tolist()) if r < 1)
+        answers = (gb.extract_answer(texts[g + i]) for _, i in rejected)
+        hints.append(next((a for a in answers if a is not None), None))
+    return hints
+
+
+def hint_ids(tokenizer, answer):
+    return tokenizer(gb.ANSWER_HINT.format(answer=answer), add_special_tokens=False).input_ids
+
+
+def teacher_logprobs(model, tokenizer, contexts, completion_ids, completion_mask, cfg):
+    """log pi(y_t | context, y_<t) for each (context, response) pair in one no-grad, micro-batched
+    pass. contexts: token-id lists, prompt ⊕ hint; the response tokens are the student's own,
+    so the teacher's log-probs align with the student's token for token."""
+    ids, mask, _, _ = gb.pad_batch(contexts, [[]] * len(contexts), tokenizer.pad_token_id, completion_ids.device)
+    return gb.completion_logprobs(model, ids, mask, completion_ids, completion_mask, cfg.temperature,
+                                  cfg.micro_batch_size)[0]
+
+
+def cepo_credit(batch, model, tokenizer, cfg, step):
+    """The credit seam. Teachers score only the responses where they can change anything: A != 0
+    and r- != r+ (elsewhere Δ = 0 or A = 0, and Â is GRPO's). Both teachers go in one call."""
+    lam = lambda_at(step, cfg)
+    token_adv = gb.grpo_token_advantages(batch.advantages, batch.completion_mask)
+    G = batch.group_size
+    wrong = wrong_answer_hints(batch.texts, batch.rewards, G) if cfg.teacher == "cepo" else None
+    batch.notes = [f"r+ = {batch.rows[i]['answer']}, r- = " + (str(wrong[i // G]) if wrong else "the student (RLSD)")
+                   for i in range(len(batch.rows))]
+    live = [i for i in range(len(batch.rows)) if batch.advantages[i] != 0 and (wrong is None or wrong[i // G] is not None)]
+    if lam == 0 or not live:  # (2.4): no teacher pass at all
+        return token_adv, {"lambda": lam}
+    positive = [batch.prompts[i] + hint_ids(tokenizer, batch.rows[i]["answer"]) for i in live]
+    negative = [batch.prompts[i] + hint_ids(tokenizer, wrong[i // G]) for i in live] if wrong else []
+    rows = torch.tensor(live, device=token_adv.device)
+    completion_ids, mask = batch.completion_ids[rows], batch.completion_mask[rows]
+    scored = teacher_logprobs(model, tokenizer, positive + negative, completion_ids.repeat(1 + bool(wrong), 1),
+                              mask.repeat(1 + bool(wrong), 1), cfg)
+    logp_pos = scored[:len(live)]
+    logp_neg = scored[len(live):] if wrong else batch.old_logp[rows]  # RLSD: the student itself
+    adv = batch.advantages[rows]
+    token_adv[rows] = cepo_token_advantages(adv, logp_pos, logp_neg, mask, lam, cfg.epsilon_w)
+    return token_adv, evidence_diagnostics(adv, logp_pos - logp_neg, mask, token_adv[rows], lam, cfg.epsilon_w)
+
+
+def evidence_diagnostics(adv, delta, mask, token_adv, lam, eps_w):
+    """Mean Δ split by sign(A); the fraction of tokens the teachers argue against (sign(A) Δ < 0);
+    how often w hits its clip; mean |Â| before and after the weighting."""
+    valid = mask > 0
+    signed = torch.sign(adv)[:, None] * delta
+    raw_w = torch.exp(signed)
+    stats = {"lambda": lam, "teacher_rows": len(adv),
+             "against_frac": (signed[valid] < 0).float().mean().item(),
+             "w_clip_frac": ((raw_w[valid] < 1 - eps_w) | (raw_w[valid] > 1 + eps_w)).float().mean().item(),
+             "adv_abs_before": adv[:, None].expand_as(mask)[valid].abs().mean().item(),
+             "adv_abs_after": token_adv[valid].abs().mean().item()}
+    for name, sel in (("delta_mean_pos_adv", adv > 0), ("delta_mean_neg_adv", adv < 0)):
+        if sel.any():
+            stats[name] = delta[sel][valid[sel]].mean().item()
+    return stats
+
+
+def hint_contrast(model, tokenizer, rows, cfg):
+    """Does the model read an answer hint? For each row, the log-likelihood of its reference
+    solution under the correct-answer hint minus under a wrong-answer hint (answer + 1).
+    Returns (mean difference per solution, fraction of rows where the correct hint wins)."""
+    instruction = gb.resolve_instruction(cfg)
+    prompts = [gb.prompt_ids(tokenizer, r["question"], instruction) for r in rows]
+    responses = [tokenizer(r["solution"], add_special_tokens=False).input_ids + [tokenizer.eos_token_id] for r in rows]
+    wrong = [str(int(r["answer"]) + 1) if r["answer"].lstrip("-").isdigit() else r["answer"] + "0" for r in rows]
+    contexts = ([p + hint_ids(tokenizer, r["answer"]) for p, r in zip(prompts, rows)]
+                + [p + hint_ids(tokenizer, w) for p, w in zip(prompts, wrong)])
+    device = next(model.parameters()).device
+    _, _, completion_ids, mask = gb.pad_batch(prompts, responses, tokenizer.pad_token_id, device)
+    logp = teacher_logprobs(model, tokenizer, contexts, completion_ids.repeat(2, 1), mask.repeat(2, 1), cfg).sum(1)
+    diff = logp[:len(rows)] - logp[len(rows):]
+    return diff.mean().item(), (diff > 0).float().mean().item()
+
+
+if __name__ == "__main__":
+    gb.main(CEPOConfig, credit=cepo_credit)
