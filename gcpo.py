@@ -57,7 +57,7 @@ class GCPOConfig(gb.GRPOConfig):
 def divergence(logp_pos, logp_neg):
     """(1.3) pointwise k3 divergence, clamped as the reference: (N, L) -> (N, L), >= 0."""
     u = (logp_neg - logp_pos).clamp(-20, 20)
-    return (torch.exp(u) - u - 1).clamp(0, 10)
+    return (torch.exp(u) - u - 1).clamp(0, 10)  # (1.3)
 
 
 def average_ranks(values, valid):
@@ -124,8 +124,8 @@ def gcpo_credit(batch, model, tokenizer, cfg, step):
     ids, ids_mask, _, _ = gb.pad_batch(negatives, [[]] * len(negatives), tokenizer.pad_token_id, token_adv.device)
     mask = batch.completion_mask[live]
     logp_neg, _ = gb.completion_logprobs(model, ids, ids_mask, batch.completion_ids[live], mask, cfg.temperature,
-                                         cfg.micro_batch_size)
-    logp_pos = batch.old_logp[live]
+                                         cfg.micro_batch_size)  # (1.2)
+    logp_pos = batch.old_logp[live]  # (1.1)
     weights = guidance_weights(logp_pos, logp_neg, mask, cfg.weight_norm, cfg.weight_temperature)
     token_adv[live] = batch.advantages[live, None] * weights * mask  # (1.5)
     return token_adv, weight_diagnostics(divergence(logp_pos, logp_neg), weights, mask)

@@ -51,7 +51,7 @@ def inject_gold(rewards, group_size, has_gold):
     responses are all wrong (max reward <= 0) and that has a reference, the last slot is gold with
     reward 1. Every other reward is returned unchanged."""
     grouped = rewards.view(-1, group_size)
-    trigger = (grouped.max(1).values <= 0) & has_gold.to(grouped.device)
+    trigger = (grouped.max(1).values <= 0) & has_gold.to(grouped.device)  # (3.1)
     is_gold = torch.zeros_like(grouped, dtype=torch.bool)
     is_gold[:, -1] = trigger
     return torch.where(is_gold, torch.ones_like(grouped), grouped).reshape(-1), is_gold.reshape(-1)
@@ -61,7 +61,7 @@ def sequence_ratio(logp, old_logp, mask, max_log=10.0):
     """(3.2) s_i = exp(min(max_log, mean over valid t of [logp - old_logp])). (N, L) -> (N,).
     Exactly 1 where logp == old_logp; padding (mask 0) never enters."""
     log_ratio = torch.where(mask > 0, logp - old_logp, 0.0).sum(1) / mask.sum(1).clamp(min=1)
-    return torch.exp(log_ratio.clamp(max=max_log))
+    return torch.exp(log_ratio.clamp(max=max_log))  # (3.2)
 
 
 def gold_loss(logp, old_logp, token_adv, mask, cfg, normalizer):
@@ -73,7 +73,7 @@ def gold_loss(logp, old_logp, token_adv, mask, cfg, normalizer):
     adv = token_adv.sum(1) / mask.sum(1).clamp(min=1)  # A_i: the credit is uniform, so its token mean
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1 - cfg.epsilon, 1 + cfg.epsilon_high) * adv
-    loss = -torch.minimum(unclipped, clipped).sum() / normalizer
+    loss = -torch.minimum(unclipped, clipped).sum() / normalizer  # (3.3)
     with torch.no_grad():
         stats = {"clip_frac": (clipped < unclipped).float().mean().item(), "ratio_mean": ratio.mean().item(),
                  "ratio_max": ratio.max().item()}

@@ -860,13 +860,16 @@ def resolve_instruction(cfg):
     return cfg.instruction if cfg.instruction is not None else (DEFAULT_INSTRUCTION if cfg.model else "")
 
 
-def credit_examples(batch, token_adv, tokenizer, k=6):
-    """The first k sampled responses with A != 0, each token with its credit multiplier Â/A."""
-    examples = []
+def credit_examples(batch, token_adv, tokenizer, k=6, per_group=2):
+    """The first k sampled responses with A != 0 (at most per_group from a group), each token with
+    its credit multiplier Â/A."""
+    examples, taken = [], {}
     for i in range(len(batch.rows)):
         a = batch.advantages[i].item()
-        if not batch.sampled[i] or a == 0:
+        group = i // batch.group_size
+        if not batch.sampled[i] or a == 0 or taken.get(group, 0) == per_group:
             continue
+        taken[group] = taken.get(group, 0) + 1
         n = int(batch.completion_mask[i].sum())
         examples.append({"question": batch.rows[i]["question"], "answer": batch.rows[i]["answer"],
                          "note": batch.notes[i] if batch.notes else "", "advantage": a,
@@ -875,6 +878,13 @@ def credit_examples(batch, token_adv, tokenizer, k=6):
         if len(examples) == k:
             break
     return examples
+
+
+def credit_colour(multiplier):
+    """RGB in [0, 1] for a credit multiplier Â/A: white at 1 (GRPO), green above, red below;
+    x3 or /3 and beyond saturate."""
+    v = max(-1.0, min(1.0, math.log(max(multiplier, 1e-3)) / math.log(3)))
+    return (1.0, 1 + v, 1 + v) if v < 0 else (1 - v, 1.0, 1 - v)
 
 
 def render_credit_html(path, columns):
@@ -886,8 +896,7 @@ def render_credit_html(path, columns):
     def cell(ex):
         spans = []
         for tok, m in zip(ex["tokens"], ex["multipliers"]):
-            v = max(-1.0, min(1.0, math.log(max(m, 1e-3)) / math.log(3)))  # x3 or /3 saturates
-            rgb = (255, int(255 * (1 + v)), int(255 * (1 + v))) if v < 0 else (int(255 * (1 - v)), 255, int(255 * (1 - v)))
+            rgb = tuple(int(255 * c) for c in credit_colour(m))
             text = html.escape(tok).replace("\n", "&#9166;<br>") or "&nbsp;"
             spans.append(f'<span title="{m:.3f}" style="background:rgb{rgb}">{text}</span>')
         return (f"<b>{html.escape(ex['question'])}</b> (answer {html.escape(ex['answer'])}, A = {ex['advantage']:+.2f})"
@@ -902,6 +911,39 @@ def render_credit_html(path, columns):
                 "padding:8px;border:1px solid #ddd}pre{font-size:15px;white-space:pre-wrap}span{padding:1px}</style>"
                 "<p>Each response token coloured by its credit multiplier Â/A (hover for the value): white = 1, "
                 f"as GRPO gives every token; green = more credit, red = less.</p><table><tr>{head}</tr>{body}</table>")
+
+
+def render_credit_png(path, columns):
+    """The picture of render_credit_html as a PNG, for short responses (one character wide per
+    character of a token, lines broken at newlines)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = max(len(v) for v in columns.values())
+    fig, axes = plt.subplots(rows, len(columns), figsize=(4.2 * len(columns), 1.3 * rows), squeeze=False)
+    for c, (name, examples) in enumerate(columns.items()):
+        axes[0][c].set_title(name, fontsize=11, fontweight="bold")
+        for r in range(rows):
+            ax = axes[r][c]
+            ax.axis("off")
+            if r >= len(examples):
+                continue
+            ex = examples[r]
+            ax.text(0, 1, f"{ex['question']}  (A = {ex['advantage']:+.2f})", fontsize=7, color="gray", va="top",
+                    transform=ax.transAxes)
+            col, line = 0, 1
+            for tok, m in zip(ex["tokens"], ex["multipliers"]):
+                for k, piece in enumerate(tok.split("\n")):
+                    if k:
+                        col, line = 0, line + 1
+                    if piece:
+                        ax.text(0.024 * col, 1 - 0.2 * line, piece, family="monospace", fontsize=9, va="top",
+                                transform=ax.transAxes, bbox={"facecolor": credit_colour(m), "edgecolor": "none", "pad": 0.8})
+                        col += len(piece)
+    fig.text(0.5, 0.005, "token credit multiplier Â/A: white = 1 (GRPO), green = more, red = less", ha="center", fontsize=8)
+    fig.tight_layout(rect=(0, 0.02, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def history_last(history, key):
