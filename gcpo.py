@@ -61,13 +61,15 @@ def divergence(logp_pos, logp_neg):
 
 
 def average_ranks(values, valid):
-    """1-based rank of each valid entry within its row, ties sharing their average rank. (N, L).
-    Vectorised: sort once, then count the entries below and up to each value (searchsorted)."""
-    key = torch.where(valid, values, torch.inf).contiguous()  # padding sorts last, ranks no valid entry
-    ordered = key.sort(1).values
+    """(ranks, first_of_tie), both (N, L). ranks: the 1-based rank of each valid entry within its
+    row, ties sharing their average rank. first_of_tie: the position of one entry of each tie,
+    shared by all its members. Vectorised: one sort, then searchsorted counts the entries below
+    and up to each value; padding sorts last and ranks no valid entry."""
+    key = torch.where(valid, values, torch.inf).contiguous()
+    ordered, order = key.sort(1)
     below = torch.searchsorted(ordered, key, right=False)
     up_to = torch.searchsorted(ordered, key, right=True)
-    return (below + 1 + up_to).to(values.dtype) / 2
+    return (below + 1 + up_to).to(values.dtype) / 2, order.gather(1, below)
 
 
 def guidance_weights(logp_pos, logp_neg, mask, norm="hist", temperature=0.1):
@@ -78,8 +80,9 @@ def guidance_weights(logp_pos, logp_neg, mask, norm="hist", temperature=0.1):
     valid = mask > 0
     n = valid.sum(1, keepdim=True).clamp(min=1)
     d = torch.where(valid, divergence(logp_pos, logp_neg), 0.0)
+    ranks, first_of_tie = average_ranks(d, valid)
     if norm == "hist":  # (1.4)
-        raw = (average_ranks(d, valid) / n) ** HIST_ALPHA
+        raw = (ranks / n) ** HIST_ALPHA
     elif norm == "mean":
         raw = d
     elif norm == "softmax":
@@ -90,6 +93,9 @@ def guidance_weights(logp_pos, logp_neg, mask, norm="hist", temperature=0.1):
     raw = torch.where(valid, raw, 0.0)
     total = raw.sum(1, keepdim=True)
     weights = raw * n / torch.where(total > 0, total, 1.0)
+    # Vectorised pow and division can round equal inputs differently by an ulp depending on their
+    # position (SIMD lane vs. tail; hypothesis found it), so each tie takes one member's weight.
+    weights = weights.gather(1, first_of_tie)
     d_first = d.gather(1, valid.float().argmax(1, keepdim=True))
     uniform = (torch.where(valid, d, d_first) == d_first).all(1, keepdim=True)  # no contrast at all
     return torch.where(valid, torch.where(uniform, 1.0, weights), 0.0)

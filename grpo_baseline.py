@@ -77,6 +77,10 @@ class GRPOConfig:
     micro_batch_size: int = opt(64, "sequences per forward pass (memory bound); the loss is normalised by the mini-batch, so this changes nothing else")
     generation_batch_size: int = opt(256, "sequences per generate() call")
     gradient_checkpointing: bool = opt(False, "trade compute for memory on large models")
+    dynamic_sampling: bool = opt(False, "DAPO's dynamic sampling: drop groups whose accuracy is <= 0.01 or >= 0.99 and "
+                                 "sample more prompts until prompts_per_step groups are informative (as GCPO's reference)")
+    max_resample_rounds: int = opt(3, "with --dynamic_sampling: at most this many extra sampling rounds per step; "
+                                   "then uninformative groups fill the batch")
     # --- schedule, evaluation, checkpoints ---
     max_steps: int = opt(100, "RL steps")
     eval_steps: int = opt(20, "greedy held-out evaluation every this many steps (and at 0 and the end)")
@@ -118,6 +122,7 @@ class GRPOConfig:
                      "task_operands", "task_max_operand"):
             need(getattr(self, flag) >= 1, flag, "must be >= 1")
         need(self.warm_start_steps >= 0, "warm_start_steps", "must be >= 0")
+        need(self.max_resample_rounds >= 0, "max_resample_rounds", "must be >= 0")
         for f in dataclasses.fields(self):
             if "choices" in f.metadata:
                 need(getattr(self, f.name) in f.metadata["choices"], f.name, f"must be one of {f.metadata['choices']}")
@@ -619,25 +624,65 @@ def grpo_loss(logp, old_logp, token_adv, mask, cfg, normalizer):
 # =============================================================================================
 # 6. Training loop, evaluation, checkpoints.
 # =============================================================================================
-def rollout(model, tokenizer, rows, prompts, cfg, device, ref_model, edit_rollouts=None):
+def sample(model, tokenizer, rows, prompts, cfg, device):
+    """G responses for each of the given prompts, with their rewards; rows and prompts come back
+    repeated G times, groups contiguous."""
+    G = cfg.num_generations
+    rows = [r for r in rows for _ in range(G)]
+    prompts = [p for p in prompts for _ in range(G)]
+    completion_ids, mask = generate(model, tokenizer, prompts, cfg, device)
+    texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+    rewards = torch.tensor([reward_fn(t, r["answer"]) for t, r in zip(texts, rows)], device=device)
+    return rows, prompts, completion_ids, mask, texts, rewards
+
+
+def keep_informative_groups(pool, num_groups, G, pad_id):
+    """Dynamic sampling (DAPO): from several sample() results, the first num_groups groups whose
+    mean reward is strictly between 0.01 and 0.99, topped up with the others if too few are."""
+    L = max(p[2].shape[1] for p in pool)
+    rows, prompts, ids, mask, texts, rewards = (
+        sum((p[0] for p in pool), []), sum((p[1] for p in pool), []),
+        torch.cat([torch.nn.functional.pad(p[2], (0, L - p[2].shape[1]), value=pad_id) for p in pool]),
+        torch.cat([torch.nn.functional.pad(p[3], (0, L - p[3].shape[1])) for p in pool]),
+        sum((p[4] for p in pool), []), torch.cat([p[5] for p in pool]))
+    accuracy = rewards.view(-1, G).mean(1)
+    informative = ((accuracy > 0.01) & (accuracy < 0.99)).tolist()
+    order = [g for g in range(len(informative)) if informative[g]] + [g for g in range(len(informative)) if not informative[g]]
+    keep = [g * G + k for g in order[:num_groups] for k in range(G)]
+    width = int(mask[keep].sum(1).max())  # drop columns only the dropped groups used
+    return ([rows[i] for i in keep], [prompts[i] for i in keep], ids[keep, :width], mask[keep, :width],
+            [texts[i] for i in keep], rewards[keep]), {"informative_groups": sum(informative[g] for g in order[:num_groups]),
+                                                       "reward_all_rounds": rewards.mean().item()}
+
+
+def rollout(model, tokenizer, rows, prompts, cfg, device, ref_model, edit_rollouts=None, more_prompts=None):
     """Sample, reward and baseline one step's groups, then teacher-force log pi_old.
     Returns (Rollouts, seconds per phase, stats).
 
+    With --dynamic_sampling, more_prompts(round) -> (rows, prompts) supplies further prompts until
+    enough groups are informative (keep_informative_groups).
     Seam 3, `edit_rollouts(rows, completion_ids, mask, texts, rewards, tokenizer, cfg) ->
     (completion_ids, mask, texts, rewards, sampled, stats)` may change the group before the
     advantages are computed (gold.py swaps in reference solutions)."""
     G = cfg.num_generations
-    rows = [r for r in rows for _ in range(G)]
-    prompts = [p for p in prompts for _ in range(G)]
     t0 = time.perf_counter()
-    completion_ids, mask = generate(model, tokenizer, prompts, cfg, device)
+    pool, stats = [sample(model, tokenizer, rows, prompts, cfg, device)], {}
+    if cfg.dynamic_sampling:
+        def informative(p):
+            acc = p[5].view(-1, G).mean(1)
+            return int(((acc > 0.01) & (acc < 0.99)).sum())
+        while sum(map(informative, pool)) < len(prompts) and len(pool) <= cfg.max_resample_rounds:
+            pool.append(sample(model, tokenizer, *more_prompts(len(pool)), cfg, device))
+        kept, stats = keep_informative_groups(pool, len(prompts), G, tokenizer.pad_token_id)
+        stats["sampling_rounds"] = len(pool)
+        pool = [kept]
+    rows, prompts, completion_ids, mask, texts, rewards = pool[0]
     t1 = time.perf_counter()
-    texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
-    rewards = torch.tensor([reward_fn(t, r["answer"]) for t, r in zip(texts, rows)], device=device)
-    sampled, stats = torch.ones_like(rewards, dtype=torch.bool), {}
+    sampled = torch.ones_like(rewards, dtype=torch.bool)
     if edit_rollouts is not None:
-        completion_ids, mask, texts, rewards, sampled, stats = edit_rollouts(rows, completion_ids, mask, texts, rewards,
-                                                                            tokenizer, cfg)
+        completion_ids, mask, texts, rewards, sampled, edit_stats = edit_rollouts(rows, completion_ids, mask, texts,
+                                                                                 rewards, tokenizer, cfg)
+        stats.update(edit_stats)
     advantages = group_advantages(rewards, G, scale=cfg.scale_rewards == "group")
     p_ids, p_mask, _, _ = pad_batch(prompts, [[]] * len(prompts), tokenizer.pad_token_id, device)
     old_logp, entropy = completion_logprobs(model, p_ids, p_mask, completion_ids, mask, cfg.temperature,
@@ -819,9 +864,11 @@ def train(cfg, credit=grpo_credit, loss_fn=grpo_loss, edit_rollouts=None):
     bar = tqdm(range(start + 1, cfg.max_steps + 1), desc=os.path.basename(cfg.output_dir), initial=start,
                total=cfg.max_steps, file=sys.stdout)
     for step in bar:
-        idx = step_prompts(step, cfg.prompts_per_step, len(train_rows), cfg.seed)
-        batch, times, stats = rollout(model, tokenizer, [train_rows[i] for i in idx], [prompts[i] for i in idx],
-                                      cfg, device, ref_model, edit_rollouts)
+        def draw(round):  # round 0: this step's prompts; later rounds: fresh ones, for dynamic sampling
+            idx = step_prompts(step, cfg.prompts_per_step, len(train_rows), cfg.seed + 1000003 * round)
+            return [train_rows[i] for i in idx], [prompts[i] for i in idx]
+
+        batch, times, stats = rollout(model, tokenizer, *draw(0), cfg, device, ref_model, edit_rollouts, draw)
         t0 = time.perf_counter()
         token_adv, credit_stats = credit(batch, model, tokenizer, cfg, step)
         t1 = time.perf_counter()

@@ -129,3 +129,27 @@ def test_real_path_loads_a_saved_model_and_a_local_dataset(tmp_path, capsys):
     _, loaded_tok = gb.load_policy(cfg.model, cfg, torch.device("cpu"))
     prompt = loaded_tok.decode(gb.prompt_ids(loaded_tok, "What is 1 plus 1?", gb.DEFAULT_INSTRUCTION))
     assert prompt.startswith("<user>What is 1 plus 1?") and prompt.endswith("<assistant>")
+
+
+def test_keep_informative_groups_prefers_mixed_groups_and_keeps_the_batch_size():
+    G, pad = 2, 0
+
+    def fake(rewards, width):
+        n = len(rewards)
+        return ([{"answer": str(i)} for i in range(n)], [[1]] * n, torch.full((n, width), 7), torch.ones(n, width),
+                [f"t{width}"] * n, torch.tensor(rewards))
+
+    pool = [fake([1.0, 1.0, 0.0, 1.0], 3), fake([0.0, 0.0, 1.0, 0.0], 5)]  # groups: right, mixed | wrong, mixed
+    (rows, prompts, ids, mask, texts, rewards), stats = gb.keep_informative_groups(pool, 2, G, pad)
+    assert rewards.tolist() == [0.0, 1.0, 1.0, 0.0] and stats["informative_groups"] == 2
+    assert ids.shape == (4, 5) and mask[:2, 3:].sum() == 0 and ids[0, 3:].tolist() == [pad, pad]
+    (_, _, ids, _, _, rewards), stats = gb.keep_informative_groups(pool[:1], 2, G, pad)  # too few: topped up
+    assert rewards.tolist() == [0.0, 1.0, 1.0, 1.0] and stats["informative_groups"] == 1 and ids.shape == (4, 3)
+
+
+def test_dynamic_sampling_runs_and_fills_the_batch_with_informative_groups(tiny_cfg):
+    cfg = tiny_cfg(dynamic_sampling=True, max_resample_rounds=2, max_steps=2)
+    gb.train(cfg)
+    for m in read_metrics(cfg.output_dir)[1:]:
+        assert 1 <= m["sampling_rounds"] <= 3 and 0 <= m["informative_groups"] <= cfg.prompts_per_step
+        assert m["zero_adv_groups"] == cfg.prompts_per_step - m["informative_groups"]
