@@ -9,6 +9,8 @@ files are in runs/<method>/seed<k>/. Results: results/summary.md, summary.json, 
 credit_embedded.html (the same responses coloured by each method's token credit).
 """
 import argparse
+import contextlib
+import io
 import json
 import os
 import statistics
@@ -139,7 +141,8 @@ def bench(steps=6):
                              eval_size=8, save_steps=10**6, **overrides)
             if name == "cepo":
                 cfg.lambda_schedule = "constant"  # measure the teachers' cost on every step
-            gb.train(cfg, **SEAMS[name])
+            with contextlib.redirect_stdout(io.StringIO()):  # the run's own progress bar would break the table
+                gb.train(cfg, **SEAMS[name])
             with open(os.path.join(out, "metrics.jsonl")) as f:
                 timed = [json.loads(line) for line in f][2:]  # drop step 0 (eval) and the warm-up step
             mean = {p: statistics.mean(m[p] for m in timed) for p in PHASES}
