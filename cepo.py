@@ -104,15 +104,15 @@ def cepo_credit(batch, model, tokenizer, cfg, step):
         return token_adv, {"lambda": lam}
     positive = [batch.prompts[i] + hint_ids(tokenizer, batch.rows[i]["answer"]) for i in live]
     negative = [batch.prompts[i] + hint_ids(tokenizer, wrong[i // G]) for i in live] if wrong else []
-    rows = torch.tensor(live, device=token_adv.device)
-    completion_ids, mask = batch.completion_ids[rows], batch.completion_mask[rows]
+    scored_idx = torch.tensor(live, device=token_adv.device)
+    completion_ids, mask = batch.completion_ids[scored_idx], batch.completion_mask[scored_idx]
     scored = teacher_logprobs(model, tokenizer, positive + negative, completion_ids.repeat(1 + bool(wrong), 1),
                               mask.repeat(1 + bool(wrong), 1), cfg)
     logp_pos = scored[:len(live)]
-    logp_neg = scored[len(live):] if wrong else batch.old_logp[rows]  # RLSD: the student itself
-    adv = batch.advantages[rows]
-    token_adv[rows] = cepo_token_advantages(adv, logp_pos, logp_neg, mask, lam, cfg.epsilon_w)
-    return token_adv, evidence_diagnostics(adv, logp_pos - logp_neg, mask, token_adv[rows], lam, cfg.epsilon_w)
+    logp_neg = scored[len(live):] if wrong else batch.old_logp[scored_idx]  # RLSD: the student itself
+    adv = batch.advantages[scored_idx]
+    token_adv[scored_idx] = cepo_token_advantages(adv, logp_pos, logp_neg, mask, lam, cfg.epsilon_w)
+    return token_adv, evidence_diagnostics(adv, logp_pos - logp_neg, mask, token_adv[scored_idx], lam, cfg.epsilon_w)
 
 
 def evidence_diagnostics(adv, delta, mask, token_adv, lam, eps_w):
