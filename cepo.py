@@ -31,7 +31,7 @@ from grpo_baseline import opt
 
 @dataclass
 class CEPOConfig(gb.GRPOConfig):
-    output_dir: str = opt("runs/cepo", "metrics.jsonl, curves.png, credit.html, checkpoint.pt and the final model go here")
+    output_dir: str = opt("runs/cepo", gb.OUTPUT_DIR_HELP)
     lambda_init: float = opt(0.5, "λ0, the weight of the teachers' evidence at step 1 (reference scripts: 0.5)")
     lambda_schedule: str = opt("linear", "'linear': λ decays to 0 over --lambda_decay_steps; 'constant': λ0 throughout",
                                choices=("linear", "constant"))
@@ -149,5 +149,7 @@ def hint_contrast(model, tokenizer, rows, cfg):
     return diff.mean().item(), (diff > 0).float().mean().item()
 
 
+METHOD = {"credit": cepo_credit, "loss_fn": gb.grpo_loss}  # the seams: only the credit changes
+
 if __name__ == "__main__":
-    gb.main(CEPOConfig, credit=cepo_credit)
+    gb.main(CEPOConfig, **METHOD)

@@ -28,9 +28,7 @@ import grpo_baseline as gb
 
 METHODS = {"grpo": ("grpo_baseline.py", gb.GRPOConfig), "gcpo": ("gcpo.py", gcpo.GCPOConfig),
            "cepo": ("cepo.py", cepo.CEPOConfig), "gold": ("gold.py", gold.GoldConfig)}
-SEAMS = {"grpo": {}, "gcpo": {"credit": gcpo.gcpo_credit, "loss_fn": gcpo.gcpo_loss},
-         "cepo": {"credit": cepo.cepo_credit},
-         "gold": {"loss_fn": gold.gold_loss, "edit_rollouts": gold.inject_reference_solutions}}
+SEAMS = {"grpo": gb.METHOD, "gcpo": gcpo.METHOD, "cepo": cepo.METHOD, "gold": gold.METHOD}
 TARGET_ACC = 0.9  # steps_to_target: the first evaluation at or above this held-out accuracy
 PHASES = ("t_generate", "t_score", "t_credit", "t_update")
 

@@ -34,7 +34,7 @@ HIST_ALPHA = math.log(1 - TOP_WEIGHT) / math.log(1 - TOP_SHARE) - 1  # ~2.15
 
 @dataclass
 class GCPOConfig(gb.GRPOConfig):
-    output_dir: str = opt("runs/gcpo", "metrics.jsonl, curves.png, credit.html, checkpoint.pt and the final model go here")
+    output_dir: str = opt("runs/gcpo", gb.OUTPUT_DIR_HELP)
     negative: str = opt("wrong_answer", "negative prompt x-: 'wrong_answer' (the question plus a request for a wrong "
                         "answer) or 'empty_prompt' (the question removed: its blank_question, else a generic one)",
                         choices=("wrong_answer", "empty_prompt"))
@@ -132,9 +132,9 @@ def gcpo_credit(batch, model, tokenizer, cfg, step):
     logp_neg, _ = gb.completion_logprobs(model, ids, ids_mask, batch.completion_ids[live], mask, cfg.temperature,
                                          cfg.micro_batch_size)  # (1.2)
     logp_pos = batch.old_logp[live]  # (1.1)
-    weights = guidance_weights(logp_pos, logp_neg, mask, cfg.weight_norm, cfg.weight_temperature)
-    token_adv[live] = batch.advantages[live, None] * weights * mask  # (1.5)
-    return token_adv, weight_diagnostics(divergence(logp_pos, logp_neg), weights, mask)
+    adv = batch.advantages[live]
+    token_adv[live] = gcpo_token_advantages(adv, logp_pos, logp_neg, mask, cfg.weight_norm, cfg.weight_temperature)  # (1.5)
+    return token_adv, weight_diagnostics(divergence(logp_pos, logp_neg), token_adv[live] / adv[:, None], mask)
 
 
 def weight_diagnostics(d, weights, mask):
@@ -161,5 +161,7 @@ def gcpo_loss(logp, old_logp, token_adv, mask, cfg, normalizer):
     return loss, stats
 
 
+METHOD = {"credit": gcpo_credit, "loss_fn": gcpo_loss}  # the seams it replaces in the shared loop
+
 if __name__ == "__main__":
-    gb.main(GCPOConfig, credit=gcpo_credit, loss_fn=gcpo_loss)
+    gb.main(GCPOConfig, **METHOD)

@@ -28,7 +28,7 @@ from grpo_baseline import opt
 
 @dataclass
 class GoldConfig(gb.GRPOConfig):
-    output_dir: str = opt("runs/gold", "metrics.jsonl, curves.png, credit.html, checkpoint.pt and the final model go here")
+    output_dir: str = opt("runs/gold", gb.OUTPUT_DIR_HELP)
     ratio_level: str = opt("sequence", "'sequence': GSPO-style ratio (the paper's); 'token': GRPO's token ratio "
                            "(then pass token-level clip ranges, e.g. --epsilon 0.2 --epsilon_high 0.28)",
                            choices=("sequence", "token"))
@@ -123,5 +123,7 @@ def inject_reference_solutions(rows, completion_ids, mask, texts, rewards, token
     return completion_ids, mask, texts, new_rewards, ~is_gold, stats
 
 
+METHOD = {"credit": gb.grpo_credit, "loss_fn": gold_loss, "edit_rollouts": inject_reference_solutions}
+
 if __name__ == "__main__":
-    gb.main(GoldConfig, loss_fn=gold_loss, edit_rollouts=inject_reference_solutions)
+    gb.main(GoldConfig, **METHOD)

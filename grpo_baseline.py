@@ -40,6 +40,9 @@ from tqdm import tqdm
 # =============================================================================================
 # 1. Config. Option names follow TRL's GRPOConfig where the concept is the same.
 # =============================================================================================
+OUTPUT_DIR_HELP = "metrics.jsonl, curves.png, credit.html, checkpoint.pt and the final model go here"
+
+
 def opt(default, help, **kw):
     return field(default=default, metadata={"help": help, **kw})
 
@@ -86,7 +89,7 @@ class GRPOConfig:
     eval_steps: int = opt(20, "greedy held-out evaluation every this many steps (and at 0 and the end)")
     eval_size: int = opt(300, "held-out problems to evaluate on")
     save_steps: int = opt(20, "checkpoint every this many steps")
-    output_dir: str = opt("runs/grpo", "metrics.jsonl, curves.png, checkpoint.pt and the final model go here")
+    output_dir: str = opt("runs/grpo", OUTPUT_DIR_HELP)
     overwrite_output_dir: bool = opt(False, "start afresh even if output_dir holds a run")
     resume: bool = opt(False, "continue the run in output_dir from its last checkpoint")
     seed: int = opt(0, "seed for sampling and prompt order")
@@ -621,6 +624,9 @@ def grpo_loss(logp, old_logp, token_adv, mask, cfg, normalizer):
     return policy_loss(logp, old_logp, token_adv, mask, cfg.epsilon, cfg.epsilon_high, cfg.loss_type, normalizer)
 
 
+METHOD = {"credit": grpo_credit, "loss_fn": grpo_loss}  # the seams; each algorithm file has its own METHOD
+
+
 # =============================================================================================
 # 6. Training loop, evaluation, checkpoints.
 # =============================================================================================
@@ -636,6 +642,12 @@ def sample(model, tokenizer, rows, prompts, cfg, device):
     return rows, prompts, completion_ids, mask, texts, rewards
 
 
+def informative_groups(rewards, G):
+    """(N,) rewards -> (N/G,) bool: groups whose accuracy is strictly between 0.01 and 0.99 (DAPO)."""
+    accuracy = rewards.view(-1, G).mean(1)
+    return (accuracy > 0.01) & (accuracy < 0.99)
+
+
 def keep_informative_groups(pool, num_groups, G, pad_id):
     """Dynamic sampling (DAPO): from several sample() results, the first num_groups groups whose
     mean reward is strictly between 0.01 and 0.99, topped up with the others if too few are."""
@@ -645,8 +657,7 @@ def keep_informative_groups(pool, num_groups, G, pad_id):
         torch.cat([torch.nn.functional.pad(p[2], (0, L - p[2].shape[1]), value=pad_id) for p in pool]),
         torch.cat([torch.nn.functional.pad(p[3], (0, L - p[3].shape[1])) for p in pool]),
         sum((p[4] for p in pool), []), torch.cat([p[5] for p in pool]))
-    accuracy = rewards.view(-1, G).mean(1)
-    informative = ((accuracy > 0.01) & (accuracy < 0.99)).tolist()
+    informative = informative_groups(rewards, G).tolist()
     order = [g for g in range(len(informative)) if informative[g]] + [g for g in range(len(informative)) if not informative[g]]
     keep = [g * G + k for g in order[:num_groups] for k in range(G)]
     width = int(mask[keep].sum(1).max())  # drop columns only the dropped groups used
@@ -668,10 +679,7 @@ def rollout(model, tokenizer, rows, prompts, cfg, device, ref_model, edit_rollou
     t0 = time.perf_counter()
     pool, stats = [sample(model, tokenizer, rows, prompts, cfg, device)], {}
     if cfg.dynamic_sampling:
-        def informative(p):
-            acc = p[5].view(-1, G).mean(1)
-            return int(((acc > 0.01) & (acc < 0.99)).sum())
-        while sum(map(informative, pool)) < len(prompts) and len(pool) <= cfg.max_resample_rounds:
+        while sum(int(informative_groups(p[5], G).sum()) for p in pool) < len(prompts) and len(pool) <= cfg.max_resample_rounds:
             pool.append(sample(model, tokenizer, *more_prompts(len(pool)), cfg, device))
         kept, stats = keep_informative_groups(pool, len(prompts), G, tokenizer.pad_token_id)
         stats["sampling_rounds"] = len(pool)
@@ -1045,4 +1053,4 @@ def main(config_cls=GRPOConfig, argv=None, **method):
 
 
 if __name__ == "__main__":
-    main()
+    main(GRPOConfig, **METHOD)
