@@ -4,7 +4,7 @@ Self-distillation with two teachers, both the current policy under no grad, scor
 response with a hint placed between prompt and response: the correct final answer r+, and the
 final answer of a rejected rollout of the same group r-. Tokens the correct-answer teacher likes
 more than the wrong-answer teacher carry the evidence for the right answer; they get a little more
-of a positive advantage (and a little less of a negative one). Spec: ../shared/ALGORITHMS.md §2.
+of a positive advantage (and a little less of a negative one). Docs: docs/cepo.md.
 As a diff against grpo_baseline.py it replaces only the token credit:
 
   (2.1) Δ_t = sg(log P+_t - log P-_t),  P±_t = pi(y_t | x, hint(r±), y_<t)
@@ -27,6 +27,9 @@ import torch
 
 import grpo_baseline as gb
 from grpo_baseline import opt
+from data import extract_answer, prompt_ids, resolve_instruction
+from embedded_task import ANSWER_HINT
+from language_model import completion_logprobs, pad_batch
 
 
 @dataclass
@@ -72,21 +75,21 @@ def wrong_answer_hints(texts, rewards, group_size):
     hints = []
     for g in range(0, len(texts), group_size):
         rejected = sorted((r, i) for i, r in enumerate(rewards[g:g + group_size].tolist()) if r < 1)
-        answers = (gb.extract_answer(texts[g + i]) for _, i in rejected)
+        answers = (extract_answer(texts[g + i]) for _, i in rejected)
         hints.append(next((a for a in answers if a is not None), None))
     return hints
 
 
 def hint_ids(tokenizer, answer):
-    return tokenizer(gb.ANSWER_HINT.format(answer=answer), add_special_tokens=False).input_ids
+    return tokenizer(ANSWER_HINT.format(answer=answer), add_special_tokens=False).input_ids
 
 
 def teacher_logprobs(model, tokenizer, contexts, completion_ids, completion_mask, cfg):
     """log pi(y_t | context, y_<t) for each (context, response) pair in one no-grad, micro-batched
     pass. contexts: token-id lists, prompt ⊕ hint; the response tokens are the student's own,
     so the teacher's log-probs align with the student's token for token."""
-    ids, mask, _, _ = gb.pad_batch(contexts, [[]] * len(contexts), tokenizer.pad_token_id, completion_ids.device)
-    return gb.completion_logprobs(model, ids, mask, completion_ids, completion_mask, cfg.temperature,
+    ids, mask, _, _ = pad_batch(contexts, [[]] * len(contexts), tokenizer.pad_token_id, completion_ids.device)
+    return completion_logprobs(model, ids, mask, completion_ids, completion_mask, cfg.temperature,
                                   cfg.micro_batch_size)[0]
 
 
@@ -136,14 +139,14 @@ def hint_contrast(model, tokenizer, rows, cfg):
     """Does the model read an answer hint? For each row, the log-likelihood of its reference
     solution under the correct-answer hint minus under a wrong-answer hint (answer + 1).
     Returns (mean difference per solution, fraction of rows where the correct hint wins)."""
-    instruction = gb.resolve_instruction(cfg)
-    prompts = [gb.prompt_ids(tokenizer, r["question"], instruction) for r in rows]
+    instruction = resolve_instruction(cfg)
+    prompts = [prompt_ids(tokenizer, r["question"], instruction) for r in rows]
     responses = [tokenizer(r["solution"], add_special_tokens=False).input_ids + [tokenizer.eos_token_id] for r in rows]
     wrong = [str(int(r["answer"]) + 1) if r["answer"].lstrip("-").isdigit() else r["answer"] + "0" for r in rows]
     contexts = ([p + hint_ids(tokenizer, r["answer"]) for p, r in zip(prompts, rows)]
                 + [p + hint_ids(tokenizer, w) for p, w in zip(prompts, wrong)])
     device = next(model.parameters()).device
-    _, _, completion_ids, mask = gb.pad_batch(prompts, responses, tokenizer.pad_token_id, device)
+    _, _, completion_ids, mask = pad_batch(prompts, responses, tokenizer.pad_token_id, device)
     logp = teacher_logprobs(model, tokenizer, contexts, completion_ids.repeat(2, 1), mask.repeat(2, 1), cfg).sum(1)
     diff = logp[:len(rows)] - logp[len(rows):]
     return diff.mean().item(), (diff > 0).float().mean().item()

@@ -25,6 +25,10 @@ import cepo
 import gcpo
 import gold
 import grpo_baseline as gb
+from data import prompt_ids
+from embedded_task import warm_start
+from language_model import load_policy
+from report import credit_examples, plot_curves, render_credit_html, render_credit_png
 
 METHODS = {"grpo": ("grpo_baseline.py", gb.GRPOConfig), "gcpo": ("gcpo.py", gcpo.GCPOConfig),
            "cepo": ("cepo.py", cepo.CEPOConfig), "gold": ("gold.py", gold.GoldConfig)}
@@ -36,7 +40,7 @@ PHASES = ("t_generate", "t_score", "t_credit", "t_update")
 def run_all(methods, seeds, runs_dir):
     """Train every method with every seed, each in a subprocess; returns {method: [run dirs]}."""
     cfg = gb.GRPOConfig()
-    gb.warm_start(cfg, *gb.load_task(cfg), torch.device("cuda" if torch.cuda.is_available() else "cpu"))  # once, first
+    warm_start(cfg, *gb.load_task(cfg), torch.device("cuda" if torch.cuda.is_available() else "cpu"))  # once, first
     runs = {m: [] for m in methods}
     bar = tqdm([(m, s) for s in seeds for m in methods], desc="runs", file=sys.stdout)
     for method, seed in bar:
@@ -107,19 +111,19 @@ def credit_pictures(path, device):
     Writes path.html and path.png; returns CEPO's hint check on the held-out problems."""
     cfg = gb.GRPOConfig()
     train_rows, eval_rows = gb.load_task(cfg)
-    model, tokenizer = gb.load_policy(gb.warm_start(cfg, train_rows, eval_rows, device), cfg, device)
+    model, tokenizer = load_policy(warm_start(cfg, train_rows, eval_rows, device), cfg, device)
     torch.manual_seed(0)
     rows = train_rows[:cfg.prompts_per_step]
-    batch, _, _ = gb.rollout(model, tokenizer, rows, [gb.prompt_ids(tokenizer, r["question"]) for r in rows], cfg,
+    batch, _, _ = gb.rollout(model, tokenizer, rows, [prompt_ids(tokenizer, r["question"]) for r in rows], cfg,
                              device, None)
     columns = {}
     for name, credit, method_cfg in (("GRPO (uniform)", gb.grpo_credit, cfg), ("GCPO", gcpo.gcpo_credit, gcpo.GCPOConfig()),
                                      ("CEPO", cepo.cepo_credit, cepo.CEPOConfig())):
         batch.notes = None
         token_adv, _ = credit(batch, model, tokenizer, method_cfg, 1)
-        columns[name] = gb.credit_examples(batch, token_adv, tokenizer, k=8)
-    gb.render_credit_html(path + ".html", columns)
-    gb.render_credit_png(path + ".png", {name: examples[:6] for name, examples in columns.items()})
+        columns[name] = credit_examples(batch, token_adv, tokenizer, k=8)
+    render_credit_html(path + ".html", columns)
+    render_credit_png(path + ".png", {name: examples[:6] for name, examples in columns.items()})
     gap, wins = cepo.hint_contrast(model, tokenizer, eval_rows, cepo.CEPOConfig())
     return {"mean_logp_gap": gap, "correct_hint_wins": wins}
 
@@ -167,7 +171,7 @@ def main():
     text = table(methods)
     with open(os.path.join(args.results_dir, "summary.md"), "w") as f:
         f.write(text)
-    gb.plot_curves(histories, os.path.join(args.results_dir, "curves.png"))
+    plot_curves(histories, os.path.join(args.results_dir, "curves.png"))
     hint_check = credit_pictures(os.path.join(args.results_dir, "credit_embedded"),
                                  torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     with open(os.path.join(args.results_dir, "summary.json"), "w") as f:

@@ -3,7 +3,7 @@
 The tokens that matter are the ones whose probability depends on the guidance in the prompt.
 Each sampled token is scored under the real prompt x and under a negative prompt x- (guidance
 contradicted or removed); the tokens where the two disagree most get most of the response's
-advantage. Spec: ../shared/ALGORITHMS.md §1. As a diff against grpo_baseline.py it replaces the
+advantage. Docs: docs/gcpo.md. As a diff against grpo_baseline.py it replaces the
 token credit (and adds the reference's optional entropy term to the loss):
 
   (1.1) lp+_t = log pi(y_t | x, y_<t)    the rollout's own teacher-forced log-probs (detached); at
@@ -27,6 +27,9 @@ import torch
 
 import grpo_baseline as gb
 from grpo_baseline import opt
+from data import prompt_ids, resolve_instruction
+from embedded_task import EMPTY_QUESTION, WRONG_ANSWER_INSTRUCTION
+from language_model import completion_logprobs, pad_batch
 
 TOP_SHARE, TOP_WEIGHT = 0.4, 0.8  # (1.4): x and y
 HIST_ALPHA = math.log(1 - TOP_WEIGHT) / math.log(1 - TOP_SHARE) - 1  # ~2.15
@@ -111,8 +114,8 @@ def negative_prompt(tokenizer, row, negative, instruction):
     answer, in the user turn; 'empty_prompt': the question removed (the row's blank_question, or a
     generic 'Answer the question.'). The embedded warm start teaches the model both."""
     if negative == "wrong_answer":
-        return gb.prompt_ids(tokenizer, row["question"], instruction + gb.WRONG_ANSWER_INSTRUCTION)
-    return gb.prompt_ids(tokenizer, row.get("blank_question") or gb.EMPTY_QUESTION, instruction)
+        return prompt_ids(tokenizer, row["question"], instruction + WRONG_ANSWER_INSTRUCTION)
+    return prompt_ids(tokenizer, row.get("blank_question") or EMPTY_QUESTION, instruction)
 
 
 def gcpo_credit(batch, model, tokenizer, cfg, step):
@@ -120,16 +123,16 @@ def gcpo_credit(batch, model, tokenizer, cfg, step):
     get no credit whatever their weights), then (1.3)-(1.5)."""
     live = (batch.advantages != 0).nonzero().squeeze(1)
     token_adv = torch.zeros_like(batch.old_logp)
-    instruction = gb.resolve_instruction(cfg)
+    instruction = resolve_instruction(cfg)
     negatives = [negative_prompt(tokenizer, batch.rows[i], cfg.negative, instruction) for i in live.tolist()]
     batch.notes = [""] * len(batch.rows)
     for i, ids in zip(live.tolist(), negatives):
         batch.notes[i] = "negative prompt x-: " + repr(tokenizer.decode(ids, skip_special_tokens=True))
     if not len(live):
         return token_adv, {}
-    ids, ids_mask, _, _ = gb.pad_batch(negatives, [[]] * len(negatives), tokenizer.pad_token_id, token_adv.device)
+    ids, ids_mask, _, _ = pad_batch(negatives, [[]] * len(negatives), tokenizer.pad_token_id, token_adv.device)
     mask = batch.completion_mask[live]
-    logp_neg, _ = gb.completion_logprobs(model, ids, ids_mask, batch.completion_ids[live], mask, cfg.temperature,
+    logp_neg, _ = completion_logprobs(model, ids, ids_mask, batch.completion_ids[live], mask, cfg.temperature,
                                          cfg.micro_batch_size)  # (1.2)
     logp_pos = batch.old_logp[live]  # (1.1)
     adv = batch.advantages[live]

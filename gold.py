@@ -2,7 +2,7 @@
 
 When every response of a group is wrong, GRPO's advantages are all 0 and the group teaches
 nothing. Gold replaces one of those responses by the problem's reference solution, with reward 1,
-so the group has a contrast again. Spec: ../shared/ALGORITHMS.md §3. As a diff against
+so the group has a contrast again. Docs: docs/gold.md. As a diff against
 grpo_baseline.py it changes two seams and keeps GRPO's uniform token credit:
 
   edit_rollouts  (3.1) all-wrong group with a reference: the last slot becomes the reference
@@ -24,6 +24,7 @@ import torch
 
 import grpo_baseline as gb
 from grpo_baseline import opt
+from data import reward_fn
 
 
 @dataclass
@@ -89,12 +90,12 @@ def reference_response(tokenizer, row, cfg):
     if not row.get("solution"):
         return None, "no_reference"
     text = re.sub(r"<<[^<>]*>>", "", row["solution"])
-    if gb.reward_fn(text, row["answer"]) != 1:
+    if reward_fn(text, row["answer"]) != 1:
         return None, "unparsable_reference"
     ids = tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
     if len(ids) > cfg.max_completion_length:
         ids = ids[:cfg.max_completion_length]
-        if gb.reward_fn(tokenizer.decode(ids, skip_special_tokens=True), row["answer"]) != 1:
+        if reward_fn(tokenizer.decode(ids, skip_special_tokens=True), row["answer"]) != 1:
             return None, "too_long"
     return ids, None
 

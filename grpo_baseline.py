@@ -1,40 +1,39 @@
-"""GRPO baseline: the shared rollout loop every credit-assignment method in this repo imports.
+"""GRPO, the baseline every credit-assignment method in this repository is a diff against.
 
-Reads top to bottom: config -> task -> model -> rollout -> GRPO math -> train loop -> main.
-The one seam the other methods change is `credit`: a function that turns a rolled-out batch into
-per-token advantages of shape (N, L). GRPO's credit is the uniform broadcast of A_i
-(`grpo_credit`); gcpo.py / cepo.py pass their own to `train`.
+One RL step, with the three seams (marked *) that gcpo.py, cepo.py and gold.py replace:
 
-Equations refer to ../shared/ALGORITHMS.md §0 (GRPO, with DAPO's clip-higher and token-mean):
-  (0.1) A_i = (R_i - mean_g R) / (std_g R + eps)          group_advantages
-  (0.2) Â_{i,t} = A_i * m_{i,t}                            grpo_token_advantages
-  (0.3) rho_{i,t} = exp(log pi_theta - log pi_old)         policy_loss
-  (0.4) loss_t = -min(rho Â, clip(rho, 1-eps_low, 1+eps_high) Â)   policy_loss
-  (0.5) k3 = exp(r) - r - 1, r = log pi_ref - log pi_theta kl_k3
+    rows, prompts   = this step's B prompts                     (step_prompts)
+    responses       = G samples per prompt, rewarded 0/1        (sample)
+    * edit_rollouts(group)     -> Gold swaps in a reference solution
+    A_i             = group-normalised rewards                  (0.1) group_advantages
+    * credit(batch)            -> per-token advantages Â (N, L); GRPO: A_i on every token (0.2)
+    * loss_fn(logp, Â, ...)    -> PPO-clip on the ratio (0.3)-(0.4); update() takes the steps
+
+Reads top to bottom: config -> rollout -> GRPO math (pure tensor functions) -> update -> train
+loop -> main. docs/grpo.md has the equations (numbered as in the comments), every logged metric
+and the implementation details; the README says which module holds the rest.
 
 Run `python grpo_baseline.py --help` for every option. With no --model / --dataset it trains
 on the embedded default: a synthetic arithmetic task and a tiny Llama warm-started from scratch.
 """
 import argparse
-import contextlib
 import dataclasses
-import hashlib
 import json
 import math
 import os
 import random
-import re
-import resource
-import shutil
-import string
 import sys
 import time
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
-from fractions import Fraction
 
 import torch
 from tqdm import tqdm
+
+from checkpoint import load_checkpoint, run_paths, save_checkpoint
+from data import evaluate, load_rows, prompt_ids, resolve_instruction, reward_fn
+from embedded_task import make_arithmetic_task, warm_start
+from language_model import completion_logprobs, generate, load_policy, pad_batch
+from report import credit_examples, history_last, peak_memory_mb, reset_peak_memory, write_run_report
 
 
 # =============================================================================================
@@ -159,371 +158,8 @@ def parse_config(config_cls=GRPOConfig, argv=None):
 
 
 # =============================================================================================
-# 2. Task: rows {question, answer, solution, blank_question}, answer parsing, reward.
+# 2. Rollout: sample G responses per prompt, reward them, teacher-force log pi_old.
 # =============================================================================================
-DEFAULT_INSTRUCTION = " Let's think step by step and output the final answer after \"####\"."
-# Contexts the later methods score responses under. The embedded warm start teaches all three, so
-# a model trained from scratch can read them as a pretrained LLM reads an instruction.
-ANSWER_HINT = "Answer: #### {answer}\n"           # CEPO's teachers: prompt + hint + response
-WRONG_ANSWER_INSTRUCTION = " Give a wrong answer."  # GCPO's negative 'wrong_answer': appended to the question
-EMPTY_QUESTION = "Answer the question."             # GCPO's negative 'empty_prompt' when a row has no blank_question
-
-
-def arithmetic_problem(rng, operands, max_operand):
-    """One embedded problem: add `operands` numbers, with a worked running-sum solution.
-
-    The answer field is shaped like GSM8K's: the worked solution, then '#### <final>'.
-    blank_question is the same question with its operands hidden (the guidance-free prompt).
-    """
-    nums = [rng.randint(0, max_operand) for _ in range(operands)]
-    return {"question": "+".join(map(str, nums)),
-            "answer": running_sum_solution(nums),
-            "blank_question": "+".join("?" * len(str(n)) for n in nums)}
-
-
-def running_sum_solution(nums, slip=None):
-    """'3+5=8\\n8+8=16\\n#### 16'. slip(k, total, n) -> an offset added to step k's sum (a mistake;
-    the chain then goes on from the wrong total)."""
-    lines, total = [], nums[0]
-    for k, n in enumerate(nums[1:]):
-        new = total + n + (slip(k, total, n) if slip else 0)
-        lines.append(f"{total}+{n}={new}")
-        total = new
-    return "\n".join(lines) + f"\n#### {total}"
-
-
-CONFUSABLE_SHARE = 0.4  # of the addition facts, written wrong half of the time in the warm-start corpus
-
-
-def confusable_slip(rng):
-    """The warm start's imperfect knowledge: a fixed 40% of the facts 'total+n' are written off by
-    a fixed ±1 in half of the corpus's solutions. A model trained on it to convergence has seen
-    both answers of those facts and is unsure between them, so it is partially competent, for a
-    reason RL can fix: it samples both, and the reward tells them apart."""
-    def slip(k, total, n):
-        fact = random.Random(f"{total}+{n}")
-        return fact.choice([-1, 1]) if fact.random() < CONFUSABLE_SHARE and rng.random() < 0.5 else 0
-    return slip
-
-
-def make_arithmetic_task(cfg, train_size=4000):
-    """Embedded task as two datasets.Dataset splits with GSM8K-shaped fields; no question in both."""
-    from datasets import Dataset
-    if (cfg.task_max_operand + 1) ** cfg.task_operands < 2 * (train_size + cfg.eval_size):
-        raise ValueError(f"--task_operands {cfg.task_operands} / --task_max_operand {cfg.task_max_operand}: too few "
-                         f"distinct problems for {train_size} training and {cfg.eval_size} held-out ones")
-    rng = random.Random(1234)  # the task is fixed; cfg.seed varies the RL run, not the problems
-    rows, seen = [], set()
-    while len(rows) < train_size + cfg.eval_size:
-        row = arithmetic_problem(rng, cfg.task_operands, cfg.task_max_operand)
-        if row["question"] not in seen:
-            seen.add(row["question"])
-            rows.append(row)
-    return Dataset.from_list(rows[cfg.eval_size:]), Dataset.from_list(rows[:cfg.eval_size])
-
-
-_NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)(/\d+)?$")
-
-
-def normalize_answer(text):
-    """Canonical form of a final answer: '1,000.0' -> '1000', ' $42. ' -> '42'; non-numbers stripped."""
-    text = text.strip().strip("$").replace(",", "").rstrip(".").strip()
-    if _NUMBER.match(text):
-        try:
-            value = Fraction(Decimal(text)) if "/" not in text else Fraction(text)
-            return str(value.numerator) if value.denominator == 1 else str(value)
-        except (InvalidOperation, ValueError, ZeroDivisionError):
-            pass
-    return text
-
-
-def extract_answer(text):
-    """Final answer of a response or a reference solution: after the last '####', else the last
-    \\boxed{...}; None if neither. Text is parsed, never evaluated."""
-    if "####" in text:
-        tail = text.rsplit("####", 1)[1].strip()
-        return normalize_answer(tail.split()[0]) if tail else None
-    start = text.rfind("\\boxed{")
-    if start >= 0:
-        depth, i = 1, start + len("\\boxed{")
-        for j in range(i, len(text)):
-            depth += {"{": 1, "}": -1}.get(text[j], 0)
-            if depth == 0:
-                return normalize_answer(text[i:j]) or None
-    return None
-
-
-def reward_fn(response, answer):
-    """Verifiable reward: 1 if the response's final answer equals the reference, else 0."""
-    return float(extract_answer(response) == answer)
-
-
-def load_task(cfg):
-    """(train rows, eval rows), each row {question, answer, solution, blank_question}.
-
-    Rows whose question or answer is missing, or whose final answer cannot be parsed, are skipped
-    and counted (a warning names the first few by their row number); zero usable rows is an error.
-    """
-    if not cfg.dataset:
-        train, held_out = make_arithmetic_task(cfg)
-        splits = {"train": train, "test": held_out}
-    elif os.path.isfile(cfg.dataset):
-        from datasets import load_dataset
-        ext = os.path.splitext(cfg.dataset)[1].lstrip(".")
-        if ext not in ("json", "jsonl", "parquet", "csv"):
-            raise ValueError(f"--dataset {cfg.dataset}: local files must be .json, .jsonl, .parquet or .csv")
-        splits = load_dataset("json" if ext == "jsonl" else ext, data_files=cfg.dataset)
-    else:
-        from datasets import load_dataset
-        splits = load_dataset(cfg.dataset, cfg.dataset_config or None, trust_remote_code=cfg.trust_remote_code)
-    if cfg.dataset_split not in splits:
-        raise ValueError(f"--dataset_split {cfg.dataset_split!r} not in {cfg.dataset}: it has {list(splits)}")
-    train = clean_rows(splits[cfg.dataset_split], cfg, cfg.dataset_split)
-    if cfg.eval_split in splits:
-        return train, clean_rows(splits[cfg.eval_split], cfg, cfg.eval_split)[:cfg.eval_size]
-    if len(train) <= cfg.eval_size:  # no held-out split: carve one off, deterministically
-        raise ValueError(f"--dataset {cfg.dataset} has no split {cfg.eval_split!r} and only {len(train)} usable rows: "
-                         f"too few to hold out --eval_size {cfg.eval_size}")
-    random.Random(1234).shuffle(train)
-    return train[cfg.eval_size:], train[:cfg.eval_size]
-
-
-def clean_rows(dataset, cfg, name):
-    """Task rows from one split of a datasets.Dataset, skipping (and counting) unusable ones."""
-    for needed in (cfg.question_field, cfg.answer_field):
-        if needed not in dataset.column_names:
-            raise ValueError(f"dataset split '{name}' has no field {needed!r} (--question_field/--answer_field); "
-                             f"its fields are {dataset.column_names}")
-    rows, skipped = [], []
-    for i, row in enumerate(dataset):
-        question, answer_text = row[cfg.question_field], row[cfg.answer_field]
-        if not isinstance(question, str) or not question.strip() or answer_text is None:
-            skipped.append((i, "missing question or answer"))
-            continue
-        answer_text = str(answer_text)
-        answer = extract_answer(answer_text)
-        if answer is None and "####" not in answer_text and "\\boxed" not in answer_text:
-            bare = normalize_answer(answer_text)  # a bare answer: one token such as '42' or '\\frac{1}{2}'
-            answer = bare if bare and not any(c.isspace() for c in bare) else None
-        if not answer:
-            skipped.append((i, f"unparsable answer {answer_text[-40:]!r}"))
-            continue
-        rows.append({"question": question, "answer": answer,
-                     "solution": answer_text if answer_text.strip() != answer else None,
-                     "blank_question": row.get("blank_question")})
-    if skipped:
-        print(f"[data] {name}: skipped {len(skipped)} of {len(dataset)} rows, e.g. "
-              + "; ".join(f"row {i}: {why}" for i, why in skipped[:3]), file=sys.stderr)
-    if not rows:
-        raise ValueError(f"dataset split '{name}' has no usable rows (all {len(dataset)} skipped)")
-    return rows
-
-
-# =============================================================================================
-# 3. Model: any causal LM, or the embedded tiny Llama warm-started from scratch on the task.
-# =============================================================================================
-def char_tokenizer():
-    """A character-level Hugging Face tokenizer (save_pretrained / AutoTokenizer round-trip)."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-    chars = [c for c in string.printable if c not in "\t\r\x0b\x0c"]  # printable ASCII, so chat templates tokenize
-    vocab = {tok: i for i, tok in enumerate(["<pad>", "<eos>", "<unk>", *chars])}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    backend.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
-
-
-def prompt_ids(tokenizer, question, instruction=""):
-    """Token ids of the prompt for `question`: the chat template when the tokenizer has one."""
-    content = question + instruction
-    if tokenizer.chat_template:
-        return tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                             tokenize=True, return_dict=False)
-    return tokenizer(content + "\n").input_ids
-
-
-def warm_start_corpus(rng, row, cfg):
-    """One supervised example (context text, response text) for the embedded warm start.
-
-    Solutions come with the corpus's imperfect knowledge (confusable_slip). Most examples (55%) are
-    plain question -> solution. A minority teach the contexts the other methods score responses
-    under, which a model trained from scratch cannot otherwise read:
-    - CEPO's teachers: an answer hint before the solution, right (10%), or wrong (25%) with the
-      solution's steps and the hint as its final answer: a writer told the answer writes it down.
-      The hint is written as the answer line ('Answer: #### 13') so that reading it is a copy of a
-      string seen before, which a tiny model learns. (With the hint as a sentence, with 12% of wrong
-      hints, or with the error inside the steps, it never learned to read the hint in our tries.)
-    - GCPO's negative prompts: a request for a wrong answer (5%), answered with one more mistake at
-      a random step, and the question with its operands blanked (5%), answered with a solution.
-    """
-    nums = [int(n) for n in row["question"].split("+")]
-    slip = confusable_slip(rng)
-    solution = running_sum_solution(nums, slip)
-    written = int(extract_answer(solution))
-    u = rng.random()
-    if u < 0.10:
-        return row["question"] + "\n" + ANSWER_HINT.format(answer=written), solution
-    if u < 0.35:
-        hint = written + rng.choice([-3, -2, -1, 1, 2, 3])
-        return row["question"] + "\n" + ANSWER_HINT.format(answer=hint), solution.rsplit("####", 1)[0] + f"#### {hint}"
-    if u < 0.40:
-        step, error = rng.randrange(len(nums) - 1), rng.choice([-3, -2, -1, 1, 2, 3])
-        wrong = running_sum_solution(nums, lambda k, total, n: slip(k, total, n) + (error if k == step else 0))
-        return row["question"] + WRONG_ANSWER_INSTRUCTION + "\n", wrong
-    if u < 0.45:
-        return row["blank_question"] + "\n", solution
-    return row["question"] + "\n", solution
-
-
-def warm_start(cfg, train_rows, eval_rows, device):
-    """Path of the embedded model: a tiny Llama trained from scratch on the task to partial
-    competence, cached on disk keyed by everything that shapes it (so every method and seed
-    starts from the same weights)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-    tokenizer = char_tokenizer()
-    spec = {"version": 9, "confusable": CONFUSABLE_SHARE, "layers": 4, "hidden": 128, "heads": 4, "steps": cfg.warm_start_steps,
-            "batch": 64, "lr": 3e-3, "operands": cfg.task_operands, "max_operand": cfg.task_max_operand,
-            "vocab": tokenizer.get_vocab()}
-    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
-    path = os.path.join(cfg.cache_dir, f"warmstart-{key}")
-    if os.path.exists(os.path.join(path, "warm_start.json")):
-        return path
-    torch.manual_seed(0)
-    rng = random.Random(0)
-    model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=spec["hidden"], intermediate_size=4 * spec["hidden"],
-        num_hidden_layers=spec["layers"], num_attention_heads=spec["heads"], max_position_embeddings=256,
-        tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None)).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=spec["lr"], weight_decay=0.01)
-    losses = []
-    for step in tqdm(range(spec["steps"]), desc="warm start (supervised)", leave=False):
-        pairs = [warm_start_corpus(rng, rng.choice(train_rows), cfg) for _ in range(spec["batch"])]
-        contexts = [tokenizer(c).input_ids for c, _ in pairs]
-        responses = [tokenizer(r).input_ids + [tokenizer.eos_token_id] for _, r in pairs]
-        batch = pad_batch(contexts, responses, tokenizer.pad_token_id, device)
-        for group in optimizer.param_groups:  # linear warm-up over the first 10%, then linear decay to 0
-            group["lr"] = spec["lr"] * min((step + 1) / max(1, spec["steps"] // 10), 1 - step / spec["steps"])
-        logp, _ = completion_logprobs(model, *batch, temperature=1.0, micro_batch_size=spec["batch"], grad=True)
-        loss = -(logp * batch[3]).sum() / batch[3].sum()
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        losses.append(loss.item())
-    tmp = f"{path}.tmp{os.getpid()}"
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    acc = evaluate(model, tokenizer, eval_rows, cfg, device, instruction="")
-    with open(os.path.join(tmp, "warm_start.json"), "w") as f:
-        json.dump({"spec": {k: v for k, v in spec.items() if k != "vocab"}, "eval_acc": acc,
-                   "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:]))}, f, indent=1)
-    try:
-        os.rename(tmp, path)  # atomic: a half-written warm start is never picked up
-    except OSError:           # another process finished first: use its copy
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
-
-
-def load_policy(path, cfg, device):
-    """Model and tokenizer through the public Hugging Face APIs a user would call."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
-    if tokenizer.eos_token_id is None:
-        raise ValueError(f"--model {path}: the tokenizer has no EOS token, so responses cannot end")
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token  # pad = eos is handled: see completion_mask
-    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=cfg.trust_remote_code).to(device)
-    model.eval()  # dropout off (as TRL's disable_dropout): the trainer's log-probs must match the sampler's
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    return model, tokenizer
-
-
-# =============================================================================================
-# 4. Rollout: sample G responses per prompt, then teacher-force them for log-probs.
-# =============================================================================================
-def pad_batch(prompts, completions, pad_id, device):
-    """Prompts left-padded, completions right-padded. Returns (prompt_ids (N, P), prompt_mask,
-    completion_ids (N, L), completion_mask (N, L) float)."""
-    P, L = max(map(len, prompts)), max(1, max(map(len, completions)))
-    ids = torch.full((len(prompts), P + L), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(prompts), P + L)
-    for i, (p, c) in enumerate(zip(prompts, completions)):
-        ids[i, P - len(p):P], mask[i, P - len(p):P] = torch.tensor(p), 1
-        ids[i, P:P + len(c)], mask[i, P:P + len(c)] = torch.tensor(c, dtype=torch.long), 1
-    ids, mask = ids.to(device), mask.to(device)
-    return ids[:, :P], mask[:, :P], ids[:, P:], mask[:, P:]
-
-
-def completion_mask(completion_ids, eos_id):
-    """1 up to and including the first EOS, 0 after. Found by position, not by `!= pad`, so the
-    EOS stays in the mask when pad == eos. (N, L) -> (N, L) float."""
-    is_eos = completion_ids == eos_id
-    after_eos = (is_eos.cumsum(1) - is_eos.long()) > 0
-    return (~after_eos).float()
-
-
-def autocast(device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-
-
-@torch.no_grad()
-def generate(model, tokenizer, prompts, cfg, device, greedy=False):
-    """Sample one response per prompt (lists of token ids). Returns (completion_ids (N, L),
-    completion_mask (N, L)); tokens after the first EOS are pad and masked out."""
-    from transformers import GenerationConfig
-    gen_cfg = GenerationConfig(  # a fresh config: the model's own (top_k, repetition penalty...) would bias sampling
-        do_sample=not greedy, temperature=cfg.temperature if not greedy else None, top_k=0 if not greedy else None,
-        top_p=1.0 if not greedy else None, max_new_tokens=cfg.max_completion_length,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    chunks = []
-    for s in range(0, len(prompts), cfg.generation_batch_size):
-        chunk = prompts[s:s + cfg.generation_batch_size]
-        ids, mask, _, _ = pad_batch(chunk, [[]] * len(chunk), tokenizer.pad_token_id, device)
-        with autocast(device):
-            out = model.generate(input_ids=ids, attention_mask=mask.long(), generation_config=gen_cfg)
-        chunks.append(out[:, ids.shape[1]:].cpu())
-    L = max(c.shape[1] for c in chunks)
-    completion = torch.cat([torch.nn.functional.pad(c, (0, L - c.shape[1]), value=tokenizer.pad_token_id)
-                            for c in chunks])
-    mask = completion_mask(completion, tokenizer.eos_token_id)
-    completion = completion.masked_fill(mask == 0, tokenizer.pad_token_id)
-    return completion.to(device), mask.to(device)
-
-
-def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature,
-                        micro_batch_size, grad=False, entropy=False):
-    """log pi(y_t | context, y_<t) for every completion token, by teacher forcing.
-
-    prompt_ids/prompt_mask (N, P) left-padded; completion_ids/completion_mask (N, L) right-padded.
-    Returns (logp (N, L), entropy (N, L) or None), both 0 on padding. Position ids follow the
-    mask so a left-padded row scores exactly as it would unpadded. Micro-batched for memory;
-    only the L+1 last positions' logits are materialised.
-    """
-    L = completion_ids.shape[1]
-    logps, entropies = [], []
-    with torch.set_grad_enabled(grad):
-        for s in range(0, len(prompt_ids), micro_batch_size):
-            e = s + micro_batch_size
-            ids = torch.cat([prompt_ids[s:e], completion_ids[s:e]], 1)
-            attn = torch.cat([prompt_mask[s:e], completion_mask[s:e]], 1).long()
-            positions = (attn.cumsum(1) - 1).clamp(min=0)
-            with autocast(ids.device):
-                logits = model(input_ids=ids, attention_mask=attn, position_ids=positions,
-                               logits_to_keep=L + 1).logits[:, :-1]
-            logits = logits.float() / temperature
-            logp_all = logits.log_softmax(-1)
-            valid = completion_mask[s:e] > 0
-            logp = logp_all.gather(-1, completion_ids[s:e, :, None]).squeeze(-1)
-            logps.append(torch.where(valid, logp, 0.0))
-            if entropy:
-                ent = -(logp_all.exp() * logp_all).sum(-1)
-                entropies.append(torch.where(valid, ent, 0.0).detach())
-    return torch.cat(logps), (torch.cat(entropies) if entropy else None)
-
-
 @dataclass
 class Rollouts:
     """One RL step's batch: N = B * G responses, prompts grouped contiguously (rows i*G..i*G+G-1)."""
@@ -543,8 +179,88 @@ class Rollouts:
     notes: list = None             # (N,) what the credit scored each response under, for the picture
 
 
+def sample(model, tokenizer, rows, prompts, cfg, device):
+    """G responses for each of the given prompts, with their rewards; rows and prompts come back
+    repeated G times, groups contiguous."""
+    G = cfg.num_generations
+    rows = [r for r in rows for _ in range(G)]
+    prompts = [p for p in prompts for _ in range(G)]
+    completion_ids, mask = generate(model, tokenizer, prompts, cfg, device)
+    texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+    rewards = torch.tensor([reward_fn(t, r["answer"]) for t, r in zip(texts, rows)], device=device)
+    return rows, prompts, completion_ids, mask, texts, rewards
+
+
+def informative_groups(rewards, G):
+    """(N,) rewards -> (N/G,) bool: groups whose accuracy is strictly between 0.01 and 0.99 (DAPO)."""
+    accuracy = rewards.view(-1, G).mean(1)
+    return (accuracy > 0.01) & (accuracy < 0.99)
+
+
+def keep_informative_groups(pool, num_groups, G, pad_id):
+    """Dynamic sampling (DAPO): from several sample() results, the first num_groups groups whose
+    mean reward is strictly between 0.01 and 0.99, topped up with the others if too few are."""
+    L = max(p[2].shape[1] for p in pool)
+    rows, prompts, ids, mask, texts, rewards = (
+        sum((p[0] for p in pool), []), sum((p[1] for p in pool), []),
+        torch.cat([torch.nn.functional.pad(p[2], (0, L - p[2].shape[1]), value=pad_id) for p in pool]),
+        torch.cat([torch.nn.functional.pad(p[3], (0, L - p[3].shape[1])) for p in pool]),
+        sum((p[4] for p in pool), []), torch.cat([p[5] for p in pool]))
+    informative = informative_groups(rewards, G).tolist()
+    order = [g for g in range(len(informative)) if informative[g]] + [g for g in range(len(informative)) if not informative[g]]
+    keep = [g * G + k for g in order[:num_groups] for k in range(G)]
+    width = int(mask[keep].sum(1).max())  # drop columns only the dropped groups used
+    return ([rows[i] for i in keep], [prompts[i] for i in keep], ids[keep, :width], mask[keep, :width],
+            [texts[i] for i in keep], rewards[keep]), {"informative_groups": sum(informative[g] for g in order[:num_groups]),
+                                                       "reward_all_rounds": rewards.mean().item()}
+
+
+def rollout(model, tokenizer, rows, prompts, cfg, device, ref_model, edit_rollouts=None, more_prompts=None):
+    """Sample, reward and baseline one step's groups, then teacher-force log pi_old.
+    Returns (Rollouts, seconds per phase, stats).
+
+    With --dynamic_sampling, more_prompts(round) -> (rows, prompts) supplies further prompts until
+    enough groups are informative (keep_informative_groups).
+    Seam 3, `edit_rollouts(rows, completion_ids, mask, texts, rewards, tokenizer, cfg) ->
+    (completion_ids, mask, texts, rewards, sampled, stats)` may change the group before the
+    advantages are computed (gold.py swaps in reference solutions)."""
+    G = cfg.num_generations
+    t0 = time.perf_counter()
+    pool, stats = [sample(model, tokenizer, rows, prompts, cfg, device)], {}
+    if cfg.dynamic_sampling:
+        while sum(int(informative_groups(p[5], G).sum()) for p in pool) < len(prompts) and len(pool) <= cfg.max_resample_rounds:
+            pool.append(sample(model, tokenizer, *more_prompts(len(pool)), cfg, device))
+        kept, stats = keep_informative_groups(pool, len(prompts), G, tokenizer.pad_token_id)
+        stats["sampling_rounds"] = len(pool)
+        pool = [kept]
+    rows, prompts, completion_ids, mask, texts, rewards = pool[0]
+    t1 = time.perf_counter()
+    sampled = torch.ones_like(rewards, dtype=torch.bool)
+    if edit_rollouts is not None:
+        completion_ids, mask, texts, rewards, sampled, edit_stats = edit_rollouts(rows, completion_ids, mask, texts,
+                                                                                 rewards, tokenizer, cfg)
+        stats.update(edit_stats)
+    advantages = group_advantages(rewards, G, scale=cfg.scale_rewards == "group")
+    p_ids, p_mask, _, _ = pad_batch(prompts, [[]] * len(prompts), tokenizer.pad_token_id, device)
+    old_logp, entropy = completion_logprobs(model, p_ids, p_mask, completion_ids, mask, cfg.temperature,
+                                            cfg.micro_batch_size, entropy=True)
+    ref_logp = None
+    if ref_model is not None:
+        ref_logp, _ = completion_logprobs(ref_model, p_ids, p_mask, completion_ids, mask, cfg.temperature,
+                                          cfg.micro_batch_size)
+    batch = Rollouts(rows, prompts, p_ids, p_mask, completion_ids, mask, texts, rewards, advantages, old_logp, ref_logp,
+                     G, sampled)
+    own = sampled.nonzero().squeeze(1).tolist()  # metrics describe the policy's own samples only
+    stats = {**stats, "reward": rewards[sampled].mean().item(),
+             "entropy": ((entropy * mask)[sampled].sum() / mask[sampled].sum()).item(),
+             "response_length": mask[sampled].sum(1).mean().item(),
+             "empty_responses": sum(not texts[i].strip() for i in own),
+             "truncated": (mask[:, -1] * (completion_ids[:, -1] != tokenizer.eos_token_id))[sampled].sum().item()}
+    return batch, {"t_generate": t1 - t0, "t_score": time.perf_counter() - t1}, stats
+
+
 # =============================================================================================
-# 5. GRPO math: pure tensor functions (no model, no I/O).
+# 3. GRPO math: pure tensor functions (no model, no I/O).
 # =============================================================================================
 def group_advantages(rewards, group_size, eps=1e-6, scale=True):
     """(0.1) A_i = (R_i - mean_g R) / (std_g R + eps). rewards (N,) with groups contiguous -> (N,).
@@ -628,88 +344,8 @@ METHOD = {"credit": grpo_credit, "loss_fn": grpo_loss}  # the seams; each algori
 
 
 # =============================================================================================
-# 6. Training loop, evaluation, checkpoints.
+# 4. Update and training loop.
 # =============================================================================================
-def sample(model, tokenizer, rows, prompts, cfg, device):
-    """G responses for each of the given prompts, with their rewards; rows and prompts come back
-    repeated G times, groups contiguous."""
-    G = cfg.num_generations
-    rows = [r for r in rows for _ in range(G)]
-    prompts = [p for p in prompts for _ in range(G)]
-    completion_ids, mask = generate(model, tokenizer, prompts, cfg, device)
-    texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
-    rewards = torch.tensor([reward_fn(t, r["answer"]) for t, r in zip(texts, rows)], device=device)
-    return rows, prompts, completion_ids, mask, texts, rewards
-
-
-def informative_groups(rewards, G):
-    """(N,) rewards -> (N/G,) bool: groups whose accuracy is strictly between 0.01 and 0.99 (DAPO)."""
-    accuracy = rewards.view(-1, G).mean(1)
-    return (accuracy > 0.01) & (accuracy < 0.99)
-
-
-def keep_informative_groups(pool, num_groups, G, pad_id):
-    """Dynamic sampling (DAPO): from several sample() results, the first num_groups groups whose
-    mean reward is strictly between 0.01 and 0.99, topped up with the others if too few are."""
-    L = max(p[2].shape[1] for p in pool)
-    rows, prompts, ids, mask, texts, rewards = (
-        sum((p[0] for p in pool), []), sum((p[1] for p in pool), []),
-        torch.cat([torch.nn.functional.pad(p[2], (0, L - p[2].shape[1]), value=pad_id) for p in pool]),
-        torch.cat([torch.nn.functional.pad(p[3], (0, L - p[3].shape[1])) for p in pool]),
-        sum((p[4] for p in pool), []), torch.cat([p[5] for p in pool]))
-    informative = informative_groups(rewards, G).tolist()
-    order = [g for g in range(len(informative)) if informative[g]] + [g for g in range(len(informative)) if not informative[g]]
-    keep = [g * G + k for g in order[:num_groups] for k in range(G)]
-    width = int(mask[keep].sum(1).max())  # drop columns only the dropped groups used
-    return ([rows[i] for i in keep], [prompts[i] for i in keep], ids[keep, :width], mask[keep, :width],
-            [texts[i] for i in keep], rewards[keep]), {"informative_groups": sum(informative[g] for g in order[:num_groups]),
-                                                       "reward_all_rounds": rewards.mean().item()}
-
-
-def rollout(model, tokenizer, rows, prompts, cfg, device, ref_model, edit_rollouts=None, more_prompts=None):
-    """Sample, reward and baseline one step's groups, then teacher-force log pi_old.
-    Returns (Rollouts, seconds per phase, stats).
-
-    With --dynamic_sampling, more_prompts(round) -> (rows, prompts) supplies further prompts until
-    enough groups are informative (keep_informative_groups).
-    Seam 3, `edit_rollouts(rows, completion_ids, mask, texts, rewards, tokenizer, cfg) ->
-    (completion_ids, mask, texts, rewards, sampled, stats)` may change the group before the
-    advantages are computed (gold.py swaps in reference solutions)."""
-    G = cfg.num_generations
-    t0 = time.perf_counter()
-    pool, stats = [sample(model, tokenizer, rows, prompts, cfg, device)], {}
-    if cfg.dynamic_sampling:
-        while sum(int(informative_groups(p[5], G).sum()) for p in pool) < len(prompts) and len(pool) <= cfg.max_resample_rounds:
-            pool.append(sample(model, tokenizer, *more_prompts(len(pool)), cfg, device))
-        kept, stats = keep_informative_groups(pool, len(prompts), G, tokenizer.pad_token_id)
-        stats["sampling_rounds"] = len(pool)
-        pool = [kept]
-    rows, prompts, completion_ids, mask, texts, rewards = pool[0]
-    t1 = time.perf_counter()
-    sampled = torch.ones_like(rewards, dtype=torch.bool)
-    if edit_rollouts is not None:
-        completion_ids, mask, texts, rewards, sampled, edit_stats = edit_rollouts(rows, completion_ids, mask, texts,
-                                                                                 rewards, tokenizer, cfg)
-        stats.update(edit_stats)
-    advantages = group_advantages(rewards, G, scale=cfg.scale_rewards == "group")
-    p_ids, p_mask, _, _ = pad_batch(prompts, [[]] * len(prompts), tokenizer.pad_token_id, device)
-    old_logp, entropy = completion_logprobs(model, p_ids, p_mask, completion_ids, mask, cfg.temperature,
-                                            cfg.micro_batch_size, entropy=True)
-    ref_logp = None
-    if ref_model is not None:
-        ref_logp, _ = completion_logprobs(ref_model, p_ids, p_mask, completion_ids, mask, cfg.temperature,
-                                          cfg.micro_batch_size)
-    batch = Rollouts(rows, prompts, p_ids, p_mask, completion_ids, mask, texts, rewards, advantages, old_logp, ref_logp,
-                     G, sampled)
-    own = sampled.nonzero().squeeze(1).tolist()  # metrics describe the policy's own samples only
-    stats = {**stats, "reward": rewards[sampled].mean().item(),
-             "entropy": ((entropy * mask)[sampled].sum() / mask[sampled].sum()).item(),
-             "response_length": mask[sampled].sum(1).mean().item(),
-             "empty_responses": sum(not texts[i].strip() for i in own),
-             "truncated": (mask[:, -1] * (completion_ids[:, -1] != tokenizer.eos_token_id))[sampled].sum().item()}
-    return batch, {"t_generate": t1 - t0, "t_score": time.perf_counter() - t1}, stats
-
-
 def update(model, optimizer, batch, token_adv, cfg, loss_fn=grpo_loss):
     """num_iterations PPO epochs of num_mini_batches optimizer steps each. A mini-batch whose loss
     or gradient is not finite is skipped (and counted), never applied."""
@@ -752,65 +388,6 @@ def update(model, optimizer, batch, token_adv, cfg, loss_fn=grpo_loss):
     return {**out, "skipped_updates": skipped}
 
 
-@torch.no_grad()
-def evaluate(model, tokenizer, rows, cfg, device, instruction):
-    """Greedy held-out accuracy."""
-    prompts = [prompt_ids(tokenizer, r["question"], instruction) for r in rows]
-    completion_ids, _ = generate(model, tokenizer, prompts, cfg, device, greedy=True)
-    texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
-    return sum(reward_fn(t, r["answer"]) for t, r in zip(texts, rows)) / len(rows)
-
-
-def peak_memory_mb(device):
-    """Peak GPU memory allocated, or on CPU the process's peak resident set (since the last reset)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
-    except (OSError, StopIteration):  # not Linux
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 2**20)
-
-
-def reset_peak_memory(device):
-    """So that several runs in one process each report their own peak."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    else:
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # Linux: reset the peak resident set (VmHWM)
-        except OSError:
-            pass
-
-
-def save_checkpoint(path, model, optimizer, step, cfg):
-    """Atomic: write to a temp file, then rename; a model with non-finite weights is never saved."""
-    if not all(torch.isfinite(p).all() for p in model.parameters()):
-        raise RuntimeError(f"step {step}: the model has non-finite weights; not overwriting {path}")
-    state = {"step": step, "config": dataclasses.asdict(cfg), "model": model.state_dict(),
-             "optimizer": optimizer.state_dict(),
-             "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
-    torch.save(state, path + ".tmp")
-    os.replace(path + ".tmp", path)
-
-
-def load_checkpoint(path, model, optimizer, cfg):
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    changed = [k for k, v in state["config"].items()
-               if k not in cfg.RESUMABLE and getattr(cfg, k, None) != v]
-    if changed:
-        raise ValueError(f"--resume: options differ from the checkpoint's in {changed}; resume with the same options")
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["rng"]["torch"])
-    random.setstate(state["rng"]["python"])
-    if state["rng"]["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    return state["step"]
-
-
 def step_prompts(step, batch_size, n, seed):
     """Indices of the prompts for RL step `step` (1-based): epochs of seeded permutations, a pure
     function of the step, so a resumed run sees the same prompts."""
@@ -821,19 +398,17 @@ def step_prompts(step, batch_size, n, seed):
     return out
 
 
+def load_task(cfg):
+    """(train rows, eval rows): --dataset's, or the embedded arithmetic task's when none is given."""
+    return load_rows(cfg, None if cfg.dataset else make_arithmetic_task(cfg))
+
+
 def train(cfg, credit=grpo_credit, loss_fn=grpo_loss, edit_rollouts=None):
     """Run RL with the given method (the three seams above); returns the run's summary dict."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
-    os.makedirs(cfg.output_dir, exist_ok=True)
-    ckpt_path = os.path.join(cfg.output_dir, "checkpoint.pt")
-    metrics_path = os.path.join(cfg.output_dir, "metrics.jsonl")
-    if os.path.exists(metrics_path) and not (cfg.resume or cfg.overwrite_output_dir):
-        raise ValueError(f"--output_dir {cfg.output_dir} already holds a run: pass --resume to continue it "
-                         "or --overwrite_output_dir to start afresh")
-    if cfg.resume and not os.path.exists(ckpt_path):
-        raise ValueError(f"--resume: no checkpoint at {ckpt_path}")
+    ckpt_path, metrics_path = run_paths(cfg)
 
     train_rows, eval_rows = load_task(cfg)
     model_path = cfg.model or warm_start(cfg, train_rows, eval_rows, device)
@@ -899,147 +474,10 @@ def train(cfg, credit=grpo_credit, loss_fn=grpo_loss, edit_rollouts=None):
         if step % cfg.save_steps == 0 or step == cfg.max_steps:
             save_checkpoint(ckpt_path, model, optimizer, step, cfg)
     log.close()
-    if start < cfg.max_steps:  # the last step's responses, coloured by their credit
-        render_credit_html(os.path.join(cfg.output_dir, "credit.html"),
-                           {os.path.basename(cfg.output_dir): credit_examples(batch, token_adv, tokenizer)})
     model.save_pretrained(os.path.join(cfg.output_dir, "final"))
     tokenizer.save_pretrained(os.path.join(cfg.output_dir, "final"))
-    summary = summarize(history, cfg)
-    with open(os.path.join(cfg.output_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
-    plot_curves({os.path.basename(cfg.output_dir): [history]}, os.path.join(cfg.output_dir, "curves.png"))
-    return summary
-
-
-def resolve_instruction(cfg):
-    return cfg.instruction if cfg.instruction is not None else (DEFAULT_INSTRUCTION if cfg.model else "")
-
-
-def credit_examples(batch, token_adv, tokenizer, k=6, per_group=2):
-    """The first k sampled responses with A != 0 (at most per_group from a group), each token with
-    its credit multiplier Â/A."""
-    examples, taken = [], {}
-    for i in range(len(batch.rows)):
-        a = batch.advantages[i].item()
-        group = i // batch.group_size
-        if not batch.sampled[i] or a == 0 or taken.get(group, 0) == per_group:
-            continue
-        taken[group] = taken.get(group, 0) + 1
-        n = int(batch.completion_mask[i].sum())
-        examples.append({"question": batch.rows[i]["question"], "answer": batch.rows[i]["answer"],
-                         "note": batch.notes[i] if batch.notes else "", "advantage": a,
-                         "tokens": [tokenizer.decode([t]) for t in batch.completion_ids[i, :n].tolist()],
-                         "multipliers": (token_adv[i, :n] / a).tolist()})
-        if len(examples) == k:
-            break
-    return examples
-
-
-def credit_colour(multiplier):
-    """RGB in [0, 1] for a credit multiplier Â/A: white at 1 (GRPO), green above, red below;
-    x3 or /3 and beyond saturate."""
-    v = max(-1.0, min(1.0, math.log(max(multiplier, 1e-3)) / math.log(3)))
-    return (1.0, 1 + v, 1 + v) if v < 0 else (1 - v, 1.0, 1 - v)
-
-
-def render_credit_html(path, columns):
-    """An HTML page colouring each response token by its credit multiplier Â/A: white = 1 (GRPO's
-    uniform credit), green > 1 (more credit), red < 1 (less). columns: {method: credit_examples},
-    shown side by side, row by row, so the same response can be compared across methods."""
-    import html
-
-    def cell(ex):
-        spans = []
-        for tok, m in zip(ex["tokens"], ex["multipliers"]):
-            rgb = tuple(int(255 * c) for c in credit_colour(m))
-            text = html.escape(tok).replace("\n", "&#9166;<br>") or "&nbsp;"
-            spans.append(f'<span title="{m:.3f}" style="background:rgb{rgb}">{text}</span>')
-        return (f"<b>{html.escape(ex['question'])}</b> (answer {html.escape(ex['answer'])}, A = {ex['advantage']:+.2f})"
-                f"<br><small>{html.escape(ex['note'])}</small><pre>{''.join(spans)}</pre>")
-
-    rows = max(len(v) for v in columns.values())
-    body = "".join("<tr>" + "".join(f"<td>{cell(v[r]) if r < len(v) else ''}</td>" for v in columns.values()) + "</tr>"
-                   for r in range(rows))
-    head = "".join(f"<th>{html.escape(name)}</th>" for name in columns)
-    with open(path, "w") as f:
-        f.write("<!doctype html><meta charset=utf-8><title>token credit</title><style>td{vertical-align:top;"
-                "padding:8px;border:1px solid #ddd}pre{font-size:15px;white-space:pre-wrap}span{padding:1px}</style>"
-                "<p>Each response token coloured by its credit multiplier Â/A (hover for the value): white = 1, "
-                f"as GRPO gives every token; green = more credit, red = less.</p><table><tr>{head}</tr>{body}</table>")
-
-
-def render_credit_png(path, columns):
-    """The picture of render_credit_html as a PNG, for short responses (one character wide per
-    character of a token, lines broken at newlines)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    rows = max(len(v) for v in columns.values())
-    fig, axes = plt.subplots(rows, len(columns), figsize=(4.2 * len(columns), 1.3 * rows), squeeze=False)
-    for c, (name, examples) in enumerate(columns.items()):
-        axes[0][c].set_title(name, fontsize=11, fontweight="bold")
-        for r in range(rows):
-            ax = axes[r][c]
-            ax.axis("off")
-            if r >= len(examples):
-                continue
-            ex = examples[r]
-            ax.text(0, 1, f"{ex['question']}  (A = {ex['advantage']:+.2f})", fontsize=7, color="gray", va="top",
-                    transform=ax.transAxes)
-            col, line = 0, 1
-            for tok, m in zip(ex["tokens"], ex["multipliers"]):
-                for k, piece in enumerate(tok.split("\n")):
-                    if k:
-                        col, line = 0, line + 1
-                    if piece:
-                        ax.text(0.024 * col, 1 - 0.2 * line, piece, family="monospace", fontsize=9, va="top",
-                                transform=ax.transAxes, bbox={"facecolor": credit_colour(m), "edgecolor": "none", "pad": 0.8})
-                        col += len(piece)
-    fig.text(0.5, 0.005, "token credit multiplier Â/A: white = 1 (GRPO), green = more, red = less", ha="center", fontsize=8)
-    fig.tight_layout(rect=(0, 0.02, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def history_last(history, key):
-    return next((m[key] for m in reversed(history) if key in m), float("nan"))
-
-
-def summarize(history, cfg):
-    steps = [m for m in history if m["step"] > 0]
-    phases = ("t_generate", "t_score", "t_credit", "t_update")
-    return {"start_acc": history[0]["eval_acc"], "final_acc": history_last(history, "eval_acc"),
-            "final_reward": sum(m["reward"] for m in steps[-10:]) / max(1, len(steps[-10:])),
-            "steps": len(steps), **{p: sum(m[p] for m in steps) / max(1, len(steps)) for p in phases},
-            "sec_per_step": sum(m[p] for m in steps for p in phases) / max(1, len(steps)),
-            "peak_mem_mb": max((m["peak_mem_mb"] for m in steps), default=0.0)}
-
-
-def plot_curves(runs, path):
-    """Sampled reward and held-out greedy accuracy against step: {name: [metrics of each seed]},
-    one line per name (the mean over its runs) with a band of one standard deviation."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
-    for name, histories in runs.items():
-        for axis, key in ((ax[0], "reward"), (ax[1], "eval_acc")):
-            steps = sorted({m["step"] for h in histories for m in h if key in m})
-            per_step = [[m[key] for h in histories for m in h if m["step"] == s and key in m] for s in steps]
-            mean = torch.tensor([sum(v) / len(v) for v in per_step])
-            std = torch.tensor([torch.tensor(v).std().item() if len(v) > 1 else 0.0 for v in per_step])
-            if key == "reward" and len(mean) >= 10:  # sampled reward is noisy: a 10-step moving average
-                mean = torch.nn.functional.avg_pool1d(mean[None], 10, 1)[0]
-                std = torch.nn.functional.avg_pool1d(std[None], 10, 1)[0]
-                steps = steps[9:]
-            (line,) = axis.plot(steps, mean.tolist(), label=name, marker="o" if key == "eval_acc" else None)
-            axis.fill_between(steps, (mean - std).tolist(), (mean + std).tolist(), color=line.get_color(), alpha=0.2)
-    ax[0].set(title="sampled reward (10-step moving average)", xlabel="step")
-    ax[1].set(title="held-out greedy accuracy", xlabel="step", ylim=(0, 1))
-    ax[1].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    last_credit = credit_examples(batch, token_adv, tokenizer) if start < cfg.max_steps else None
+    return write_run_report(cfg.output_dir, history, last_credit)
 
 
 def main(config_cls=GRPOConfig, argv=None, **method):

@@ -1,4 +1,4 @@
-"""CEPO (ALGORITHMS.md §2): the evidence weights, the choice of r-, the teachers' alignment."""
+"""CEPO (docs/cepo.md): the evidence weights, the choice of r-, the teachers' alignment."""
 import json
 import os
 
@@ -8,6 +8,9 @@ from hypothesis import given
 
 import cepo
 import grpo_baseline as gb
+from data import prompt_ids
+from embedded_task import warm_start
+from language_model import load_policy
 
 lams, eps_ws = st.floats(0.0, 1.0), st.floats(0.0, 0.99)
 
@@ -90,10 +93,10 @@ def test_empty_hint_teacher_equals_the_student(tiny_cfg):
     teacher pass reproduces the rollout's own teacher-forced log-probs."""
     cfg = tiny_cfg(cepo.CEPOConfig)
     train_rows, eval_rows = gb.load_task(cfg)
-    model, tok = gb.load_policy(gb.warm_start(cfg, train_rows, eval_rows, torch.device("cpu")), cfg, torch.device("cpu"))
+    model, tok = load_policy(warm_start(cfg, train_rows, eval_rows, torch.device("cpu")), cfg, torch.device("cpu"))
     rows = train_rows[:4]
     torch.manual_seed(0)
-    batch, _, _ = gb.rollout(model, tok, rows, [gb.prompt_ids(tok, r["question"]) for r in rows], cfg,
+    batch, _, _ = gb.rollout(model, tok, rows, [prompt_ids(tok, r["question"]) for r in rows], cfg,
                              torch.device("cpu"), None)
     reversed_order = list(range(len(rows) * cfg.num_generations))[::-1]  # a different padding and batching
     teacher = cepo.teacher_logprobs(model, tok, [batch.prompts[i] for i in reversed_order],

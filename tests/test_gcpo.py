@@ -1,4 +1,4 @@
-"""GCPO (ALGORITHMS.md §1): the guidance weights and the token credit built from them."""
+"""GCPO (docs/gcpo.md): the guidance weights and the token credit built from them."""
 import json
 import math
 import os
@@ -9,6 +9,7 @@ from hypothesis import given
 
 import gcpo
 import grpo_baseline as gb
+from embedded_task import char_tokenizer
 
 NORMS = st.sampled_from(["hist", "mean", "softmax"])
 # multiples of 1/8: sums and differences are exact in float64, so shifts and ties are exact too
@@ -105,7 +106,7 @@ def test_hist_alpha_puts_80_percent_of_weight_on_the_top_40_percent():
 
 
 def test_negative_prompts_for_the_embedded_task_and_a_chat_template():
-    tok = gb.char_tokenizer()
+    tok = char_tokenizer()
     row = {"question": "1+2+3+4", "answer": "10", "blank_question": "?+?+?+?"}
     assert tok.decode(gcpo.negative_prompt(tok, row, "wrong_answer", "")) == "1+2+3+4 Give a wrong answer.\n"
     assert tok.decode(gcpo.negative_prompt(tok, row, "empty_prompt", "")) == "?+?+?+?\n"

@@ -1,4 +1,4 @@
-"""Gold (ALGORITHMS.md §3): injection into all-wrong groups, and the sequence-level ratio."""
+"""Gold (docs/gold.md): injection into all-wrong groups, and the sequence-level ratio."""
 import json
 import math
 import os
@@ -9,6 +9,7 @@ from hypothesis import given
 
 import gold
 import grpo_baseline as gb
+from embedded_task import char_tokenizer
 
 
 @st.composite
@@ -94,7 +95,7 @@ def test_sequence_ratio_is_clamped_in_log_space():
 
 
 def test_reference_response_keeps_its_final_answer_or_is_dropped():
-    tok = gb.char_tokenizer()
+    tok = char_tokenizer()
     row = {"solution": "1+2=3\n3+4=7\n#### 7", "answer": "7"}
     ids, why = gold.reference_response(tok, row, gold.GoldConfig(max_completion_length=64))
     assert why is None and ids[-1] == tok.eos_token_id and tok.decode(ids, skip_special_tokens=True) == row["solution"]

@@ -170,13 +170,3 @@ def test_k3_has_zero_gradient_where_policy_equals_reference(values):
     kl.sum().backward()
     assert torch.all(kl == 0) and torch.all(logp.grad == 0)
 
-
-@given(st.lists(st.lists(st.integers(0, 4), min_size=1, max_size=10), min_size=1, max_size=5))
-def test_completion_mask_keeps_the_first_eos_even_when_pad_is_eos(rows):
-    eos = 0  # also the pad id
-    width = max(map(len, rows))
-    ids = torch.tensor([r + [eos] * (width - len(r)) for r in rows])
-    mask = gb.completion_mask(ids, eos)
-    for r, m in zip(ids.tolist(), mask.tolist()):
-        first = r.index(eos) if eos in r else len(r) - 1
-        assert m == [1.0] * (first + 1) + [0.0] * (len(r) - first - 1)

@@ -1,4 +1,4 @@
-"""The real loop, end to end on CPU: training, checkpoint/resume, the Hugging Face model path."""
+"""grpo_baseline end to end on CPU: options, training, checkpoint/resume, dynamic sampling, the Hugging Face model path."""
 import json
 import os
 
@@ -6,6 +6,9 @@ import pytest
 import torch
 
 import grpo_baseline as gb
+from data import DEFAULT_INSTRUCTION, prompt_ids
+from embedded_task import char_tokenizer, warm_start
+from language_model import load_policy
 
 TIMING = ("t_generate", "t_score", "t_credit", "t_update", "peak_mem_mb")
 
@@ -31,8 +34,8 @@ def test_a_few_steps_of_grpo_train_and_log(tiny_cfg):
     assert any(m["grad_norm"] > 0 for m in metrics[1:])
     assert set(summary) >= {"start_acc", "final_acc", "sec_per_step", "peak_mem_mb"}
     assert os.path.getsize(os.path.join(cfg.output_dir, "curves.png")) > 1000
-    start = gb.load_policy(gb.warm_start(cfg, *gb.load_task(cfg), torch.device("cpu")), cfg, torch.device("cpu"))[0]
-    trained = gb.load_policy(os.path.join(cfg.output_dir, "final"), cfg, torch.device("cpu"))[0]
+    start = load_policy(warm_start(cfg, *gb.load_task(cfg), torch.device("cpu")), cfg, torch.device("cpu"))[0]
+    trained = load_policy(os.path.join(cfg.output_dir, "final"), cfg, torch.device("cpu"))[0]
     assert any(not torch.equal(a, b) for a, b in zip(start.parameters(), trained.parameters()))
 
 
@@ -84,20 +87,10 @@ def test_non_finite_credit_skips_the_update_and_keeps_the_checkpoint_clean(tiny_
     gb.train(cfg, credit=nan_credit)
     assert [m["skipped_updates"] for m in read_metrics(cfg.output_dir)[1:]] == [1, 1]
     assert "non-finite" in capsys.readouterr().err
-    start = gb.load_policy(gb.warm_start(cfg, *gb.load_task(cfg), torch.device("cpu")), cfg, torch.device("cpu"))[0]
+    start = load_policy(warm_start(cfg, *gb.load_task(cfg), torch.device("cpu")), cfg, torch.device("cpu"))[0]
     for name, value in start.state_dict().items():
         assert torch.equal(value, final_weights(cfg.output_dir)[name]), name
 
-
-def test_left_padding_does_not_change_log_probs(tiny_cfg):
-    cfg = tiny_cfg()
-    model, tok = gb.load_policy(gb.warm_start(cfg, *gb.load_task(cfg), torch.device("cpu")), cfg, torch.device("cpu"))
-    short, long_ = tok("1+2\n").input_ids, tok("11+12+13\n").input_ids
-    response = tok("1+2=3\n#### 3").input_ids + [tok.eos_token_id]
-    alone = gb.completion_logprobs(model, *gb.pad_batch([short], [response], tok.pad_token_id, "cpu"), 1.0, 8)[0]
-    padded = gb.completion_logprobs(model, *gb.pad_batch([long_, short], [response[:3], response], tok.pad_token_id,
-                                                         "cpu"), 1.0, 8)[0]
-    torch.testing.assert_close(padded[1], alone[0], atol=1e-5, rtol=1e-5)
 
 
 CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
@@ -108,7 +101,7 @@ def test_real_path_loads_a_saved_model_and_a_local_dataset(tmp_path, capsys):
     """Any causal LM and any dataset: a tiny model saved with save_pretrained (tokenizer with a chat
     template) and a GSM8K-shaped jsonl file, loaded back through the public APIs."""
     from transformers import LlamaConfig, LlamaForCausalLM
-    tok = gb.char_tokenizer()
+    tok = char_tokenizer()
     tok.chat_template = CHAT_TEMPLATE
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
@@ -126,8 +119,8 @@ def test_real_path_loads_a_saved_model_and_a_local_dataset(tmp_path, capsys):
     assert "skipped 1 of" in capsys.readouterr().err
     metrics = read_metrics(cfg.output_dir)
     assert [m["step"] for m in metrics] == [0, 1, 2] and metrics[-1]["skipped_updates"] == 0
-    _, loaded_tok = gb.load_policy(cfg.model, cfg, torch.device("cpu"))
-    prompt = loaded_tok.decode(gb.prompt_ids(loaded_tok, "What is 1 plus 1?", gb.DEFAULT_INSTRUCTION))
+    _, loaded_tok = load_policy(cfg.model, cfg, torch.device("cpu"))
+    prompt = loaded_tok.decode(prompt_ids(loaded_tok, "What is 1 plus 1?", DEFAULT_INSTRUCTION))
     assert prompt.startswith("<user>What is 1 plus 1?") and prompt.endswith("<assistant>")
 
 
@@ -153,3 +146,24 @@ def test_dynamic_sampling_runs_and_fills_the_batch_with_informative_groups(tiny_
     for m in read_metrics(cfg.output_dir)[1:]:
         assert 1 <= m["sampling_rounds"] <= 3 and 0 <= m["informative_groups"] <= cfg.prompts_per_step
         assert m["zero_adv_groups"] == cfg.prompts_per_step - m["informative_groups"]
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--num_generations", "1"], "--num_generations"),
+    (["--learning_rate", "-1e-5"], "--learning_rate"),
+    (["--temperature", "0"], "--temperature"),
+    (["--num_mini_batches", "3"], "--num_mini_batches"),
+    (["--loss_type", "sum"], "--loss_type"),
+    (["--epsilon", "1.5"], "--epsilon"),
+    (["--no_such_flag", "1"], "--no_such_flag"),
+])
+def test_bad_options_exit_naming_the_flag(argv, flag, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        gb.parse_config(gb.GRPOConfig, argv)
+    assert exit_info.value.code == 2 and flag in capsys.readouterr().err
+
+
+def test_options_parse_with_trl_names():
+    cfg = gb.parse_config(gb.GRPOConfig, ["--num_generations", "4", "--epsilon_high", "0.2", "--beta", "0.04",
+                                          "--scale_rewards", "none", "--resume"])
+    assert (cfg.num_generations, cfg.epsilon_high, cfg.beta, cfg.scale_rewards, cfg.resume) == (4, 0.2, 0.04, "none", True)

@@ -1,0 +1,175 @@
+"""The embedded default: an arithmetic task, a character tokenizer and a tiny Llama warm-started
+from scratch, so that every method runs in minutes on a CPU with no model hub.
+
+Built through the same public APIs as a real run (`datasets.Dataset`, a Hugging Face tokenizer,
+`LlamaForCausalLM` saved with `save_pretrained` and loaded back with `AutoModelForCausalLM`).
+The warm start also teaches the contexts the credit methods score responses under (CEPO's answer
+hints, GCPO's negative prompts), which a pretrained model reads but a model trained from scratch
+cannot. Change the task here; nothing in the algorithm files depends on it.
+"""
+import hashlib
+import json
+import os
+import random
+import shutil
+import string
+
+import torch
+from tqdm import tqdm
+
+from data import evaluate, extract_answer
+from language_model import completion_logprobs, pad_batch
+
+# Contexts the later methods score responses under. The embedded warm start teaches all three, so
+# a model trained from scratch can read them as a pretrained LLM reads an instruction.
+ANSWER_HINT = "Answer: #### {answer}\n"           # CEPO's teachers: prompt + hint + response
+WRONG_ANSWER_INSTRUCTION = " Give a wrong answer."  # GCPO's negative 'wrong_answer': appended to the question
+EMPTY_QUESTION = "Answer the question."             # GCPO's negative 'empty_prompt' when a row has no blank_question
+
+
+def arithmetic_problem(rng, operands, max_operand):
+    """One embedded problem: add `operands` numbers, with a worked running-sum solution.
+
+    The answer field is shaped like GSM8K's: the worked solution, then '#### <final>'.
+    blank_question is the same question with its operands hidden (the guidance-free prompt).
+    """
+    nums = [rng.randint(0, max_operand) for _ in range(operands)]
+    return {"question": "+".join(map(str, nums)),
+            "answer": running_sum_solution(nums),
+            "blank_question": "+".join("?" * len(str(n)) for n in nums)}
+
+
+def running_sum_solution(nums, slip=None):
+    """'3+5=8\\n8+8=16\\n#### 16'. slip(k, total, n) -> an offset added to step k's sum (a mistake;
+    the chain then goes on from the wrong total)."""
+    lines, total = [], nums[0]
+    for k, n in enumerate(nums[1:]):
+        new = total + n + (slip(k, total, n) if slip else 0)
+        lines.append(f"{total}+{n}={new}")
+        total = new
+    return "\n".join(lines) + f"\n#### {total}"
+
+
+CONFUSABLE_SHARE = 0.4  # of the addition facts, written wrong half of the time in the warm-start corpus
+
+
+def confusable_slip(rng):
+    """The warm start's imperfect knowledge: a fixed 40% of the facts 'total+n' are written off by
+    a fixed ±1 in half of the corpus's solutions. A model trained on it to convergence has seen
+    both answers of those facts and is unsure between them, so it is partially competent, for a
+    reason RL can fix: it samples both, and the reward tells them apart."""
+    def slip(k, total, n):
+        fact = random.Random(f"{total}+{n}")
+        return fact.choice([-1, 1]) if fact.random() < CONFUSABLE_SHARE and rng.random() < 0.5 else 0
+    return slip
+
+
+def make_arithmetic_task(cfg, train_size=4000):
+    """Embedded task as a DatasetDict {train, test} with GSM8K-shaped fields; no question in both."""
+    from datasets import Dataset, DatasetDict
+    if (cfg.task_max_operand + 1) ** cfg.task_operands < 2 * (train_size + cfg.eval_size):
+        raise ValueError(f"--task_operands {cfg.task_operands} / --task_max_operand {cfg.task_max_operand}: too few "
+                         f"distinct problems for {train_size} training and {cfg.eval_size} held-out ones")
+    rng = random.Random(1234)  # the task is fixed; cfg.seed varies the RL run, not the problems
+    rows, seen = [], set()
+    while len(rows) < train_size + cfg.eval_size:
+        row = arithmetic_problem(rng, cfg.task_operands, cfg.task_max_operand)
+        if row["question"] not in seen:
+            seen.add(row["question"])
+            rows.append(row)
+    return DatasetDict(train=Dataset.from_list(rows[cfg.eval_size:]), test=Dataset.from_list(rows[:cfg.eval_size]))
+
+
+def char_tokenizer():
+    """A character-level Hugging Face tokenizer (save_pretrained / AutoTokenizer round-trip)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    chars = [c for c in string.printable if c not in "\t\r\x0b\x0c"]  # printable ASCII, so chat templates tokenize
+    vocab = {tok: i for i, tok in enumerate(["<pad>", "<eos>", "<unk>", *chars])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+
+
+def warm_start_corpus(rng, row, cfg):
+    """One supervised example (context text, response text) for the embedded warm start.
+
+    Solutions come with the corpus's imperfect knowledge (confusable_slip). Most examples (55%) are
+    plain question -> solution. A minority teach the contexts the other methods score responses
+    under, which a model trained from scratch cannot otherwise read:
+    - CEPO's teachers: an answer hint before the solution, right (10%), or wrong (25%) with the
+      solution's steps and the hint as its final answer: a writer told the answer writes it down.
+      The hint is written as the answer line ('Answer: #### 13') so that reading it is a copy of a
+      string seen before, which a tiny model learns. (With the hint as a sentence, with 12% of wrong
+      hints, or with the error inside the steps, it never learned to read the hint in our tries.)
+    - GCPO's negative prompts: a request for a wrong answer (5%), answered with one more mistake at
+      a random step, and the question with its operands blanked (5%), answered with a solution.
+    """
+    nums = [int(n) for n in row["question"].split("+")]
+    slip = confusable_slip(rng)
+    solution = running_sum_solution(nums, slip)
+    written = int(extract_answer(solution))
+    u = rng.random()
+    if u < 0.10:
+        return row["question"] + "\n" + ANSWER_HINT.format(answer=written), solution
+    if u < 0.35:
+        hint = written + rng.choice([-3, -2, -1, 1, 2, 3])
+        return row["question"] + "\n" + ANSWER_HINT.format(answer=hint), solution.rsplit("####", 1)[0] + f"#### {hint}"
+    if u < 0.40:
+        step, error = rng.randrange(len(nums) - 1), rng.choice([-3, -2, -1, 1, 2, 3])
+        wrong = running_sum_solution(nums, lambda k, total, n: slip(k, total, n) + (error if k == step else 0))
+        return row["question"] + WRONG_ANSWER_INSTRUCTION + "\n", wrong
+    if u < 0.45:
+        return row["blank_question"] + "\n", solution
+    return row["question"] + "\n", solution
+
+
+def warm_start(cfg, train_rows, eval_rows, device):
+    """Path of the embedded model: a tiny Llama trained from scratch on the task to partial
+    competence, cached on disk keyed by everything that shapes it (so every method and seed
+    starts from the same weights)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    tokenizer = char_tokenizer()
+    spec = {"version": 9, "confusable": CONFUSABLE_SHARE, "layers": 4, "hidden": 128, "heads": 4, "steps": cfg.warm_start_steps,
+            "batch": 64, "lr": 3e-3, "operands": cfg.task_operands, "max_operand": cfg.task_max_operand,
+            "vocab": tokenizer.get_vocab()}
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    path = os.path.join(cfg.cache_dir, f"warmstart-{key}")
+    if os.path.exists(os.path.join(path, "warm_start.json")):
+        return path
+    torch.manual_seed(0)
+    rng = random.Random(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=spec["hidden"], intermediate_size=4 * spec["hidden"],
+        num_hidden_layers=spec["layers"], num_attention_heads=spec["heads"], max_position_embeddings=256,
+        tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None)).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec["lr"], weight_decay=0.01)
+    losses = []
+    for step in tqdm(range(spec["steps"]), desc="warm start (supervised)", leave=False):
+        pairs = [warm_start_corpus(rng, rng.choice(train_rows), cfg) for _ in range(spec["batch"])]
+        contexts = [tokenizer(c).input_ids for c, _ in pairs]
+        responses = [tokenizer(r).input_ids + [tokenizer.eos_token_id] for _, r in pairs]
+        batch = pad_batch(contexts, responses, tokenizer.pad_token_id, device)
+        for group in optimizer.param_groups:  # linear warm-up over the first 10%, then linear decay to 0
+            group["lr"] = spec["lr"] * min((step + 1) / max(1, spec["steps"] // 10), 1 - step / spec["steps"])
+        logp, _ = completion_logprobs(model, *batch, temperature=1.0, micro_batch_size=spec["batch"], grad=True)
+        loss = -(logp * batch[3]).sum() / batch[3].sum()
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+    tmp = f"{path}.tmp{os.getpid()}"
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    acc = evaluate(model, tokenizer, eval_rows, cfg, device, instruction="")
+    with open(os.path.join(tmp, "warm_start.json"), "w") as f:
+        json.dump({"spec": {k: v for k, v in spec.items() if k != "vocab"}, "eval_acc": acc,
+                   "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:]))}, f, indent=1)
+    try:
+        os.rename(tmp, path)  # atomic: a half-written warm start is never picked up
+    except OSError:           # another process finished first: use its copy
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
