@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import torch
 
 import grpo_baseline as gb
-from grpo_baseline import opt
 from data import extract_answer, prompt_ids, resolve_instruction
 from embedded_task import ANSWER_HINT
+from grpo_baseline import opt
 from language_model import completion_logprobs, pad_batch
 
 
@@ -90,7 +90,7 @@ def teacher_logprobs(model, tokenizer, contexts, completion_ids, completion_mask
     so the teacher's log-probs align with the student's token for token."""
     ids, mask, _, _ = pad_batch(contexts, [[]] * len(contexts), tokenizer.pad_token_id, completion_ids.device)
     return completion_logprobs(model, ids, mask, completion_ids, completion_mask, cfg.temperature,
-                                  cfg.micro_batch_size)[0]
+                               cfg.micro_batch_size)[0]
 
 
 def cepo_credit(batch, model, tokenizer, cfg, step):

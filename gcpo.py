@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import torch
 
 import grpo_baseline as gb
-from grpo_baseline import opt
 from data import prompt_ids, resolve_instruction
 from embedded_task import EMPTY_QUESTION, WRONG_ANSWER_INSTRUCTION
+from grpo_baseline import opt
 from language_model import completion_logprobs, pad_batch
 
 TOP_SHARE, TOP_WEIGHT = 0.4, 0.8  # (1.4): x and y
@@ -42,7 +42,7 @@ class GCPOConfig(gb.GRPOConfig):
                         "answer) or 'empty_prompt' (the question removed: its blank_question, else a generic one)",
                         choices=("wrong_answer", "empty_prompt"))
     weight_norm: str = opt("hist", "divergence -> weight: 'hist' (rank power, the paper's runs), 'mean' (d / mean d), "
-                           "'softmax' (n * softmax(d / weight_temperature), the reference code's default)",
+                           "'softmax' (n * softmax(d / weight_temperature); ours, see docs/gcpo.md)",
                            choices=("hist", "mean", "softmax"))
     weight_temperature: float = opt(0.1, "temperature of --weight_norm softmax")
     entropy_coef: float = opt(0.0, "the reference's 'entropy penalty': adds coef * mean(-log pi(y_t)); minimising it "
@@ -133,7 +133,7 @@ def gcpo_credit(batch, model, tokenizer, cfg, step):
     ids, ids_mask, _, _ = pad_batch(negatives, [[]] * len(negatives), tokenizer.pad_token_id, token_adv.device)
     mask = batch.completion_mask[live]
     logp_neg, _ = completion_logprobs(model, ids, ids_mask, batch.completion_ids[live], mask, cfg.temperature,
-                                         cfg.micro_batch_size)  # (1.2)
+                                      cfg.micro_batch_size)  # (1.2)
     logp_pos = batch.old_logp[live]  # (1.1)
     adv = batch.advantages[live]
     token_adv[live] = gcpo_token_advantages(adv, logp_pos, logp_neg, mask, cfg.weight_norm, cfg.weight_temperature)  # (1.5)

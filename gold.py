@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 
 import grpo_baseline as gb
-from grpo_baseline import opt
 from data import reward_fn
+from grpo_baseline import opt
 
 
 @dataclass
