@@ -29,7 +29,7 @@ import grpo_baseline as gb
 from data import extract_answer, prompt_ids, resolve_instruction
 from embedded_task import ANSWER_HINT
 from grpo_baseline import opt
-from language_model import completion_logprobs, pad_batch
+from language_model import completion_logprobs, end_of_turn_id, pad_batch
 
 
 @dataclass
@@ -141,7 +141,8 @@ def hint_contrast(model, tokenizer, rows, cfg):
     Returns (mean difference per solution, fraction of rows where the correct hint wins)."""
     instruction = resolve_instruction(cfg)
     prompts = [prompt_ids(tokenizer, r["question"], instruction) for r in rows]
-    responses = [tokenizer(r["solution"], add_special_tokens=False).input_ids + [tokenizer.eos_token_id] for r in rows]
+    end = end_of_turn_id(tokenizer)
+    responses = [tokenizer(r["solution"], add_special_tokens=False).input_ids + [end] for r in rows]
     wrong = [str(int(r["answer"]) + 1) if r["answer"].lstrip("-").isdigit() else r["answer"] + "0" for r in rows]
     contexts = ([p + hint_ids(tokenizer, r["answer"]) for p, r in zip(prompts, rows)]
                 + [p + hint_ids(tokenizer, w) for p, w in zip(prompts, wrong)])

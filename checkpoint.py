@@ -1,10 +1,13 @@
 """A run's directory: atomic checkpoints (model, optimizer, RNG states, step), loading them for --resume,
 and the checks that keep one run from overwriting another."""
 import dataclasses
+import json
 import os
 import random
 
 import torch
+
+from language_model import first_line
 
 
 def save_checkpoint(path, model, optimizer, step, cfg):
@@ -20,7 +23,15 @@ def save_checkpoint(path, model, optimizer, step, cfg):
 
 
 def load_checkpoint(path, model, optimizer, cfg):
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    """Restore model, optimizer and RNG states; returns the step. A file that is not a checkpoint
+    this code wrote is a clear error, not a traceback."""
+    try:
+        state, why = torch.load(path, map_location="cpu", weights_only=False), "other contents"
+    except Exception as e:  # not a torch file, truncated, corrupt
+        state, why = None, first_line(e)
+    if not (isinstance(state, dict) and {"step", "config", "model", "optimizer", "rng"} <= set(state)):
+        raise ValueError(f"--resume: {path} is not a checkpoint of this project ({why}); start afresh with "
+                         "--overwrite_output_dir")
     changed = [k for k, v in state["config"].items()
                if k not in cfg.RESUMABLE and getattr(cfg, k, None) != v]
     if changed:
@@ -46,3 +57,23 @@ def run_paths(cfg):
     if cfg.resume and not os.path.exists(ckpt_path):
         raise ValueError(f"--resume: no checkpoint at {ckpt_path}")
     return ckpt_path, metrics_path
+
+
+def metrics_until(path, step):
+    """The metrics logged in path up to `step` (those after a checkpoint are dropped: the resumed run
+    logs them again). A cut-off last line (a kill mid-write) is dropped too; a damaged line before
+    it is an error naming the line."""
+    with open(path) as f:
+        lines = f.read().splitlines()
+    history = []
+    for n, line in enumerate(lines, 1):
+        try:
+            m = json.loads(line)
+        except json.JSONDecodeError:
+            if n == len(lines):
+                break
+            raise ValueError(f"--resume: {path} line {n} is not JSON; repair or delete the line, or start afresh "
+                             "with --overwrite_output_dir") from None
+        if m["step"] <= step:
+            history.append(m)
+    return history

@@ -6,6 +6,8 @@ A row is {question, answer, solution, blank_question}: `answer` is the parsed fi
 `blank_question` the question with its content hidden when the task defines one (GCPO's
 'empty_prompt'). Model output is untrusted text: it is parsed here, never evaluated.
 """
+import functools
+import json
 import os
 import random
 import re
@@ -15,20 +17,25 @@ from fractions import Fraction
 
 import torch
 
-from language_model import generate
+from language_model import first_line, generate
 
 DEFAULT_INSTRUCTION = " Let's think step by step and output the final answer after \"####\"."
 
 
 _NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)(/\d+)?$")
+_NUMBER_THEN_WORDS = re.compile(r"^([-+]?[\d,]*\.?\d+(?:/\d+)?)\s+[A-Za-z]")  # '72 dollars' -> '72'
+_PROSE = re.compile(r"[A-Za-z]{2,}")
+VERIFY_TIMEOUT_S = 2  # math-verify's bound on each parse and each comparison (whole seconds: it uses SIGALRM)
 
 
 def normalize_answer(text):
-    """Canonical form of a final answer: '1,000.0' -> '1000', ' $42. ' -> '42'; non-numbers stripped."""
-    text = text.strip().strip("$").replace(",", "").rstrip(".").strip()
-    if _NUMBER.match(text):
+    """Canonical form of a final answer: '1,000.0' -> '1000', ' $42. ' -> '42'; anything else
+    stripped (its commas kept: '(3, 4)' and '\\{1,2\\}' are not numbers)."""
+    text = text.strip().strip("$").rstrip(".").strip()
+    number = text.replace(",", "")
+    if _NUMBER.match(number):
         try:
-            value = Fraction(Decimal(text)) if "/" not in text else Fraction(text)
+            value = Fraction(Decimal(number)) if "/" not in number else Fraction(number)
             return str(value.numerator) if value.denominator == 1 else str(value)
         except (InvalidOperation, ValueError, ZeroDivisionError):
             pass
@@ -36,11 +43,13 @@ def normalize_answer(text):
 
 
 def extract_answer(text):
-    """Final answer of a response or a reference solution: after the last '####', else the last
-    \\boxed{...}; None if neither. Text is parsed, never evaluated."""
+    """Final answer of a response or a reference solution: the rest of the line after the last
+    '####' (a number followed by words, '72 dollars', is the number), else the last \\boxed{...};
+    None if neither. Text is parsed, never evaluated."""
     if "####" in text:
-        tail = text.rsplit("####", 1)[1].strip()
-        return normalize_answer(tail.split()[0]) if tail else None
+        tail = text.rsplit("####", 1)[1].strip().split("\n")[0].strip()
+        number = _NUMBER_THEN_WORDS.match(tail)
+        return normalize_answer(number.group(1) if number else tail) or None
     start = text.rfind("\\boxed{")
     if start >= 0:
         depth, i = 1, start + len("\\boxed{")
@@ -51,9 +60,56 @@ def extract_answer(text):
     return None
 
 
+def bare_answer(text):
+    """A dataset's answer field that is itself the final answer ('42', '\\frac{14}{3}', '6 - 5i',
+    '\\left( 3, \\frac{\\pi}{2} \\right)'), or None when it reads as prose: one line, and no word of
+    two or more letters outside LaTeX commands and \\text{...}."""
+    text = normalize_answer(text)
+    math_only = re.sub(r"\\text\{[^{}]*\}|\\[A-Za-z]+", "", text)
+    return text if text and "\n" not in text and not _PROSE.search(math_only) else None
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_latex(answer):
+    """math-verify's parse of one final answer, read as LaTeX only: its plain-expression reader
+    would hand the text to sympy's parse_expr, i.e. to Python's eval; the LaTeX reader builds
+    sympy objects from a grammar (the one string of the answer that reaches eval is a run of
+    digits, as sympy turns a number token into Integer(...) or Float(...); tests/test_data.py
+    checks it)."""
+    from math_verify import LatexExtractionConfig, parse
+    return parse(f"${answer}$", extraction_config=[LatexExtractionConfig()], parsing_timeout=VERIFY_TIMEOUT_S,
+                 raise_on_error=True)
+
+
+def answers_match(predicted, answer):
+    """(equal, timed_out) for a predicted final answer against the reference. Equal strings, and
+    two numbers (canonical forms, see normalize_answer), decide at once; anything else ('\\dfrac12'
+    vs '0.5', intervals, sets, roots, '6 - 5i') is math-verify's equivalence check, bounded by
+    VERIFY_TIMEOUT_S per step; a check that runs out of time counts as wrong."""
+    if predicted is None or predicted == answer:
+        return predicted is not None, False
+    if _NUMBER.match(predicted) and _NUMBER.match(answer):
+        return False, False
+    from math_verify import verify
+    from math_verify.errors import TimeoutException
+    try:
+        return bool(verify(parse_latex(answer), parse_latex(predicted), timeout_seconds=VERIFY_TIMEOUT_S,
+                           raise_on_error=True)), False
+    except TimeoutException:
+        return False, True
+    except Exception:  # an answer math-verify cannot read is not a match
+        return False, False
+
+
+def check_answer(response, answer):
+    """(reward, timed_out): reward 1.0 if the response's final answer equals the reference."""
+    equal, timed_out = answers_match(extract_answer(response), answer)
+    return float(equal), timed_out
+
+
 def reward_fn(response, answer):
     """Verifiable reward: 1 if the response's final answer equals the reference, else 0."""
-    return float(extract_answer(response) == answer)
+    return check_answer(response, answer)[0]
 
 
 def load_rows(cfg, splits=None):
@@ -63,15 +119,8 @@ def load_rows(cfg, splits=None):
     Rows whose question or answer is missing, or whose final answer cannot be parsed, are skipped
     and counted (a warning names the first few by their row number); zero usable rows is an error.
     """
-    if splits is None and os.path.isfile(cfg.dataset):
-        from datasets import load_dataset
-        ext = os.path.splitext(cfg.dataset)[1].lstrip(".")
-        if ext not in ("json", "jsonl", "parquet", "csv"):
-            raise ValueError(f"--dataset {cfg.dataset}: local files must be .json, .jsonl, .parquet or .csv")
-        splits = load_dataset("json" if ext == "jsonl" else ext, data_files=cfg.dataset)
-    elif splits is None:
-        from datasets import load_dataset
-        splits = load_dataset(cfg.dataset, cfg.dataset_config or None, trust_remote_code=cfg.trust_remote_code)
+    if splits is None:
+        splits = load_splits(cfg)
     if cfg.dataset_split not in splits:
         raise ValueError(f"--dataset_split {cfg.dataset_split!r} not in {cfg.dataset}: it has {list(splits)}")
     train = clean_rows(splits[cfg.dataset_split], cfg, cfg.dataset_split)
@@ -82,6 +131,49 @@ def load_rows(cfg, splits=None):
                          f"too few to hold out --eval_size {cfg.eval_size}")
     random.Random(1234).shuffle(train)
     return train[cfg.eval_size:], train[:cfg.eval_size]
+
+
+def load_splits(cfg):
+    """{split: datasets.Dataset} of --dataset: a local .json/.jsonl/.parquet/.csv file or folder, or
+    a datasets id. A missing file, a line that is not JSON, a dataset that cannot be loaded: one
+    clear error."""
+    from datasets import load_dataset
+    path, ext = cfg.dataset, os.path.splitext(cfg.dataset)[1].lstrip(".")
+    if os.path.isfile(path):
+        if ext not in ("json", "jsonl", "parquet", "csv"):
+            raise ValueError(f"--dataset {path}: local files must be .json, .jsonl, .parquet or .csv")
+        if ext in ("json", "jsonl"):
+            check_json_file(path, lines=ext == "jsonl")
+        name, kw = "json" if ext == "jsonl" else ext, {"data_files": path}
+    elif os.path.isdir(path):
+        name, kw = path, {}
+    elif ext in ("json", "jsonl", "parquet", "csv") or path.startswith((".", "/", "~")):
+        raise ValueError(f"--dataset {path}: no such file; give an existing .json/.jsonl/.parquet/.csv file or a datasets id")
+    else:  # a datasets id such as openai/gsm8k
+        name, kw = path, {"name": cfg.dataset_config or None}  # datasets >= 4 runs no loading scripts
+    try:
+        return load_dataset(name, **kw)
+    except Exception as e:  # the datasets library's errors are many and long: name the dataset and the first line
+        raise ValueError(f"--dataset {path}: cannot load it ({first_line(e)}); give a local .json/.jsonl/.parquet/.csv file "
+                         "or a datasets id this machine can download") from None
+
+
+def check_json_file(path, lines):
+    """A .jsonl file with one JSON object per non-empty line, or a .json file that parses; else a
+    ValueError naming the file and the line to fix."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            if not lines:
+                json.load(f)
+                return
+            for n, line in enumerate(f, 1):
+                if line.strip() and not isinstance(json.loads(line), dict):
+                    raise ValueError(f"--dataset {path} line {n}: a row must be a JSON object {{...}}; fix or remove that line")
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--dataset {path} line {n if lines else e.lineno}: not valid JSON ({e.msg}); fix or remove "
+                         "that line") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"--dataset {path}: not UTF-8 text; save it as UTF-8") from None
 
 
 def clean_rows(dataset, cfg, name):
@@ -99,8 +191,7 @@ def clean_rows(dataset, cfg, name):
         answer_text = str(answer_text)
         answer = extract_answer(answer_text)
         if answer is None and "####" not in answer_text and "\\boxed" not in answer_text:
-            bare = normalize_answer(answer_text)  # a bare answer: one token such as '42' or '\\frac{1}{2}'
-            answer = bare if bare and not any(c.isspace() for c in bare) else None
+            answer = bare_answer(answer_text)
         if not answer:
             skipped.append((i, f"unparsable answer {answer_text[-40:]!r}"))
             continue
@@ -124,6 +215,19 @@ def prompt_ids(tokenizer, question, instruction=""):
     return tokenizer(content + "\n").input_ids
 
 
+def encode_prompts(tokenizer, rows, instruction, max_length):
+    """(rows, prompt token ids) for the rows whose prompt fits in max_length tokens; the others are
+    skipped and counted."""
+    prompts = [prompt_ids(tokenizer, r["question"], instruction) for r in rows]
+    keep = [i for i, p in enumerate(prompts) if len(p) <= max_length]
+    if len(keep) < len(prompts):
+        print(f"[data] skipped {len(prompts) - len(keep)} prompts longer than --max_prompt_length {max_length}",
+              file=sys.stderr)
+        if not keep:
+            raise ValueError(f"every prompt is longer than --max_prompt_length {max_length}: raise it")
+    return [rows[i] for i in keep], [prompts[i] for i in keep]
+
+
 def resolve_instruction(cfg):
     return cfg.instruction if cfg.instruction is not None else (DEFAULT_INSTRUCTION if cfg.model else "")
 
@@ -132,6 +236,5 @@ def resolve_instruction(cfg):
 def evaluate(model, tokenizer, rows, cfg, device, instruction):
     """Greedy held-out accuracy."""
     prompts = [prompt_ids(tokenizer, r["question"], instruction) for r in rows]
-    completion_ids, _ = generate(model, tokenizer, prompts, cfg, device, greedy=True)
-    texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+    _, _, texts = generate(model, tokenizer, prompts, cfg, device, greedy=True)
     return sum(reward_fn(t, r["answer"]) for t, r in zip(texts, rows)) / len(rows)

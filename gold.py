@@ -25,6 +25,7 @@ import torch
 import grpo_baseline as gb
 from data import reward_fn
 from grpo_baseline import opt
+from language_model import end_of_turn_id
 
 
 @dataclass
@@ -83,21 +84,22 @@ def gold_loss(logp, old_logp, token_adv, mask, cfg, normalizer):
 
 def reference_response(tokenizer, row, cfg):
     """(token ids, None) of the row's reference solution written as the policy's own response,
-    or (None, reason). The response is the solution text plus EOS (the chat template's assistant
-    prefix is already in the prompt). GSM8K's calculator annotations <<48/2=24>> are removed: the
-    policy never writes them. A solution longer than --max_completion_length is cut there, and
-    used only if its final answer survives the cut."""
+    or (None, reason). The response is the solution text, then the token that ends the model's
+    turn (the chat template's, else EOS; the prompt already holds the assistant header). GSM8K's
+    calculator annotations <<48/2=24>> are removed: the policy never writes them. A solution
+    longer than --max_completion_length is cut there (its end token kept), and used only if its
+    final answer survives the cut."""
     if not row.get("solution"):
         return None, "no_reference"
     text = re.sub(r"<<[^<>]*>>", "", row["solution"])
     if reward_fn(text, row["answer"]) != 1:
         return None, "unparsable_reference"
-    ids = tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-    if len(ids) > cfg.max_completion_length:
-        ids = ids[:cfg.max_completion_length]
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    if len(ids) >= cfg.max_completion_length:
+        ids = ids[:cfg.max_completion_length - 1]
         if reward_fn(tokenizer.decode(ids, skip_special_tokens=True), row["answer"]) != 1:
             return None, "too_long"
-    return ids, None
+    return ids + [end_of_turn_id(tokenizer)], None
 
 
 def inject_reference_solutions(rows, completion_ids, mask, texts, rewards, tokenizer, cfg):

@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
-from checkpoint import load_checkpoint, run_paths, save_checkpoint
-from data import evaluate, load_rows, prompt_ids, resolve_instruction, reward_fn
+from checkpoint import load_checkpoint, metrics_until, run_paths, save_checkpoint
+from data import check_answer, encode_prompts, evaluate, load_rows, resolve_instruction
 from embedded_task import make_arithmetic_task, warm_start
-from language_model import completion_logprobs, generate, load_policy, pad_batch
+from language_model import completion_logprobs, generate, load_policy, pad_batch, stop_ids, unfinished
 from report import credit_examples, history_last, peak_memory_mb, reset_peak_memory, write_run_report
 
 
@@ -57,7 +57,7 @@ class GRPOConfig:
     question_field: str = opt("question", "row field with the question")
     answer_field: str = opt("answer", "row field with the answer: a worked solution ending in '#### 42' or '\\boxed{42}', or a bare one-token answer")
     instruction: str = opt(None, "text appended to every question; default '' on the embedded task, DEFAULT_INSTRUCTION with --model")
-    trust_remote_code: bool = opt(False, "allow model/dataset repos to run their own code")
+    trust_remote_code: bool = opt(False, "allow a model repo to run its own code")
     max_prompt_length: int = opt(512, "prompts longer than this (in tokens) are skipped, with a count")
     # --- rollout ---
     prompts_per_step: int = opt(16, "distinct prompts per RL step (B); a step has B * num_generations responses")
@@ -179,15 +179,16 @@ class Rollouts:
     notes: list = None             # (N,) what the credit scored each response under, for the picture
 
 
-def sample(model, tokenizer, rows, prompts, cfg, device):
+def sample(model, tokenizer, rows, prompts, cfg, device, stats):
     """G responses for each of the given prompts, with their rewards; rows and prompts come back
-    repeated G times, groups contiguous."""
+    repeated G times, groups contiguous. Answer checks that ran out of time are counted in stats."""
     G = cfg.num_generations
     rows = [r for r in rows for _ in range(G)]
     prompts = [p for p in prompts for _ in range(G)]
-    completion_ids, mask = generate(model, tokenizer, prompts, cfg, device)
-    texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
-    rewards = torch.tensor([reward_fn(t, r["answer"]) for t, r in zip(texts, rows)], device=device)
+    completion_ids, mask, texts = generate(model, tokenizer, prompts, cfg, device)
+    checked = [check_answer(t, r["answer"]) for t, r in zip(texts, rows)]
+    stats["verify_timeouts"] = stats.get("verify_timeouts", 0) + sum(timed_out for _, timed_out in checked)
+    rewards = torch.tensor([reward for reward, _ in checked], device=device)
     return rows, prompts, completion_ids, mask, texts, rewards
 
 
@@ -226,11 +227,13 @@ def rollout(model, tokenizer, rows, prompts, cfg, device, ref_model, edit_rollou
     advantages are computed (gold.py swaps in reference solutions)."""
     G = cfg.num_generations
     t0 = time.perf_counter()
-    pool, stats = [sample(model, tokenizer, rows, prompts, cfg, device)], {}
+    stats = {}
+    pool = [sample(model, tokenizer, rows, prompts, cfg, device, stats)]
     if cfg.dynamic_sampling:
         while sum(int(informative_groups(p[5], G).sum()) for p in pool) < len(prompts) and len(pool) <= cfg.max_resample_rounds:
-            pool.append(sample(model, tokenizer, *more_prompts(len(pool)), cfg, device))
-        kept, stats = keep_informative_groups(pool, len(prompts), G, tokenizer.pad_token_id)
+            pool.append(sample(model, tokenizer, *more_prompts(len(pool)), cfg, device, stats))
+        kept, kept_stats = keep_informative_groups(pool, len(prompts), G, tokenizer.pad_token_id)
+        stats.update(kept_stats)
         stats["sampling_rounds"] = len(pool)
         pool = [kept]
     rows, prompts, completion_ids, mask, texts, rewards = pool[0]
@@ -255,7 +258,7 @@ def rollout(model, tokenizer, rows, prompts, cfg, device, ref_model, edit_rollou
              "entropy": ((entropy * mask)[sampled].sum() / mask[sampled].sum()).item(),
              "response_length": mask[sampled].sum(1).mean().item(),
              "empty_responses": sum(not texts[i].strip() for i in own),
-             "truncated": (mask[:, -1] * (completion_ids[:, -1] != tokenizer.eos_token_id))[sampled].sum().item()}
+             "truncated": unfinished(completion_ids, mask, stop_ids(model))[sampled].sum().item()}
     return batch, {"t_generate": t1 - t0, "t_score": time.perf_counter() - t1}, stats
 
 
@@ -414,14 +417,7 @@ def train(cfg, credit=grpo_credit, loss_fn=grpo_loss, edit_rollouts=None):
     model_path = cfg.model or warm_start(cfg, train_rows, eval_rows, device)
     model, tokenizer = load_policy(model_path, cfg, device)
     instruction = resolve_instruction(cfg)
-    prompts = [prompt_ids(tokenizer, r["question"], instruction) for r in train_rows]
-    keep = [i for i, p in enumerate(prompts) if len(p) <= cfg.max_prompt_length]
-    if len(keep) < len(prompts):
-        print(f"[data] skipped {len(prompts) - len(keep)} prompts longer than --max_prompt_length "
-              f"{cfg.max_prompt_length}", file=sys.stderr)
-        if not keep:
-            raise ValueError("every prompt is longer than --max_prompt_length")
-    train_rows, prompts = [train_rows[i] for i in keep], [prompts[i] for i in keep]
+    train_rows, prompts = encode_prompts(tokenizer, train_rows, instruction, cfg.max_prompt_length)
     ref_model = load_policy(model_path, cfg, device)[0].requires_grad_(False) if cfg.beta > 0 else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
@@ -431,8 +427,7 @@ def train(cfg, credit=grpo_credit, loss_fn=grpo_loss, edit_rollouts=None):
     start, history = 0, []
     if cfg.resume:
         start = load_checkpoint(ckpt_path, model, optimizer, cfg)
-        with open(metrics_path) as f:  # drop what was logged after the checkpoint: those steps rerun
-            history = [m for m in map(json.loads, f) if m["step"] <= start]
+        history = metrics_until(metrics_path, start)
     with open(metrics_path, "w") as f:
         f.writelines(json.dumps(m) + "\n" for m in history)
     log = open(metrics_path, "a")
@@ -442,8 +437,10 @@ def train(cfg, credit=grpo_credit, loss_fn=grpo_loss, edit_rollouts=None):
         log.write(json.dumps(metrics) + "\n")
         log.flush()
 
+    stop_tokens = tokenizer.convert_ids_to_tokens(stop_ids(model))
+    print(f"[model] responses end at any of {stop_tokens}", file=sys.stderr)
     if start == 0:
-        record({"step": 0, "eval_acc": evaluate(model, tokenizer, eval_rows, cfg, device, instruction)})
+        record({"step": 0, "stop_tokens": stop_tokens, "eval_acc": evaluate(model, tokenizer, eval_rows, cfg, device, instruction)})
     bar = tqdm(range(start + 1, cfg.max_steps + 1), desc=os.path.basename(cfg.output_dir), initial=start,
                total=cfg.max_steps, file=sys.stdout)
     for step in bar:

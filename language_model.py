@@ -5,23 +5,68 @@ grpo_baseline.py's rollout and update (and the methods' extra scoring passes) ar
 Shapes: N sequences, P prompt positions (left-padded), L completion positions (right-padded).
 """
 import contextlib
+import os
 
 import torch
 
 
 def load_policy(path, cfg, device):
-    """Model and tokenizer through the public Hugging Face APIs a user would call."""
+    """Model and tokenizer through the public Hugging Face APIs a user would call. The model's
+    generation_config.eos_token_id is set to every stop token (stop_token_ids), so that sampling,
+    masks and rewards all end a response at the same place."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    if path.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(path)):
+        raise ValueError(f"--model {path}: no such directory; give a directory written by save_pretrained, or a model id")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=cfg.trust_remote_code).to(device)
+    except (OSError, ValueError) as e:  # no such directory or hub id, no weights, an unknown architecture
+        raise ValueError(f"--model {path}: cannot load a tokenizer and causal LM from it ({first_line(e)}); give a "
+                         "directory written by save_pretrained, or a model id this machine can download") from None
     if tokenizer.eos_token_id is None:
         raise ValueError(f"--model {path}: the tokenizer has no EOS token, so responses cannot end")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token  # pad = eos is handled: see completion_mask
-    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=cfg.trust_remote_code).to(device)
+    model.generation_config.eos_token_id = stop_token_ids(model, tokenizer)
     model.eval()  # dropout off (as TRL's disable_dropout): the trainer's log-probs must match the sampler's
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     return model, tokenizer
+
+
+def first_line(error):
+    return str(error).strip().split("\n")[0][:200] or type(error).__name__
+
+
+def end_of_turn_id(tokenizer):
+    """The token that ends an assistant turn: the special token the chat template writes right
+    after the assistant's text (Qwen's <|im_end|>, Phi-3's <|end|>, Gemma's <end_of_turn>), else
+    the tokenizer's EOS. A response written for the model (Gold's reference) ends with it."""
+    if tokenizer.chat_template:
+        marker = "Q7X9Z"
+        try:
+            text = tokenizer.apply_chat_template([{"role": "user", "content": "1"}, {"role": "assistant", "content": marker}],
+                                                 tokenize=False)
+        except Exception:  # a template that refuses this conversation: fall back to EOS
+            text = ""
+        after = tokenizer(text.split(marker, 1)[1], add_special_tokens=False).input_ids if marker in text else []
+        if after and after[0] in tokenizer.all_special_ids:
+            return after[0]
+    return tokenizer.eos_token_id
+
+
+def stop_token_ids(model, tokenizer):
+    """Every token that ends a response, sorted: the tokenizer's EOS, the model's
+    generation_config.eos_token_id (an int or a list) and the chat template's end-of-turn token."""
+    listed = model.generation_config.eos_token_id
+    ids = {tokenizer.eos_token_id, end_of_turn_id(tokenizer), *(listed if isinstance(listed, (list, tuple)) else [listed])}
+    return sorted(i for i in ids if i is not None)
+
+
+def stop_ids(model):
+    """The stop tokens a model generates with (set by load_policy), as a list."""
+    listed = model.generation_config.eos_token_id
+    return list(listed) if isinstance(listed, (list, tuple)) else [listed]
 
 
 def pad_batch(prompts, completions, pad_id, device):
@@ -37,12 +82,20 @@ def pad_batch(prompts, completions, pad_id, device):
     return ids[:, :P], mask[:, :P], ids[:, P:], mask[:, P:]
 
 
-def completion_mask(completion_ids, eos_id):
-    """1 up to and including the first EOS, 0 after. Found by position, not by `!= pad`, so the
-    EOS stays in the mask when pad == eos. (N, L) -> (N, L) float."""
-    is_eos = completion_ids == eos_id
-    after_eos = (is_eos.cumsum(1) - is_eos.long()) > 0
-    return (~after_eos).float()
+def completion_mask(completion_ids, stop):
+    """1 up to and including the first stop token (an id or a list of ids), 0 after. Found by
+    position, not by `!= pad`, so the stop token stays in the mask when pad is one of them.
+    (N, L) -> (N, L) float."""
+    is_stop = torch.isin(completion_ids, torch.as_tensor(stop, device=completion_ids.device))
+    after_stop = (is_stop.cumsum(1) - is_stop.long()) > 0
+    return (~after_stop).float()
+
+
+def unfinished(completion_ids, completion_mask, stop):
+    """(N,) bool: responses that fill their last column with no stop token there, i.e. were cut at
+    the length limit."""
+    last_is_stop = torch.isin(completion_ids[:, -1], torch.as_tensor(stop, device=completion_ids.device))
+    return (completion_mask[:, -1] > 0) & ~last_is_stop
 
 
 def autocast(device):
@@ -52,12 +105,14 @@ def autocast(device):
 @torch.no_grad()
 def generate(model, tokenizer, prompts, cfg, device, greedy=False):
     """Sample one response per prompt (lists of token ids). Returns (completion_ids (N, L),
-    completion_mask (N, L)); tokens after the first EOS are pad and masked out."""
+    completion_mask (N, L), texts): generation stops at any of the model's stop tokens; tokens
+    after the first are pad and masked out; each text is what the response says before it."""
     from transformers import GenerationConfig
+    stop = stop_ids(model)
     gen_cfg = GenerationConfig(  # a fresh config: the model's own (top_k, repetition penalty...) would bias sampling
         do_sample=not greedy, temperature=cfg.temperature if not greedy else None, top_k=0 if not greedy else None,
         top_p=1.0 if not greedy else None, max_new_tokens=cfg.max_completion_length,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=stop)
     chunks = []
     for s in range(0, len(prompts), cfg.generation_batch_size):
         chunk = prompts[s:s + cfg.generation_batch_size]
@@ -68,9 +123,12 @@ def generate(model, tokenizer, prompts, cfg, device, greedy=False):
     L = max(c.shape[1] for c in chunks)
     completion = torch.cat([torch.nn.functional.pad(c, (0, L - c.shape[1]), value=tokenizer.pad_token_id)
                             for c in chunks])
-    mask = completion_mask(completion, tokenizer.eos_token_id)
+    mask = completion_mask(completion, stop)
     completion = completion.masked_fill(mask == 0, tokenizer.pad_token_id)
-    return completion.to(device), mask.to(device)
+    lengths = mask.sum(1).long().tolist()
+    before_stop = [row[:n - 1] if n and row[n - 1] in stop else row[:n] for row, n in zip(completion.tolist(), lengths)]
+    texts = tokenizer.batch_decode(before_stop, skip_special_tokens=True)
+    return completion.to(device), mask.to(device), texts
 
 
 def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature,

@@ -1,10 +1,19 @@
-"""Answer parsing, the reward and dataset loading: bad rows are skipped and counted, bad files get a clear error."""
+"""Answer parsing, the reward and dataset loading: equivalent answers score 1 and wrong ones 0,
+model text never reaches eval, bad rows are skipped and counted, bad files get a clear error."""
+import builtins
 import json
+import os
+import re
+import time
 
 import pytest
 
-from data import extract_answer, load_rows, reward_fn
+import data
+import grpo_baseline as gb
+from data import answers_match, bare_answer, check_answer, extract_answer, load_rows, reward_fn
 from grpo_baseline import GRPOConfig
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 
 
 @pytest.mark.parametrize("text, answer", [
@@ -19,6 +28,9 @@ from grpo_baseline import GRPOConfig
     ("####", None),
     ("\\boxed{unclosed", None),
     ("__import__('os').system('echo pwned') #### 2+2", "2+2"),  # parsed, never evaluated
+    ("so she pays\n#### 72 dollars", "72"),  # a number followed by words is the number
+    ("#### 6 - 5i\nthat is all", "6 - 5i"),  # the rest of the line, spaces and all
+    ("#### \\left( 3, \\frac{\\pi}{2} \\right)", "\\left( 3, \\frac{\\pi}{2} \\right)"),  # commas kept
 ])
 def test_extract_answer(text, answer):
     assert extract_answer(text) == answer
@@ -29,6 +41,102 @@ def test_reward_compares_normalised_answers():
     assert reward_fn("#### 17.0", "17") == 1.0
     assert reward_fn("#### 18", "17") == 0.0
     assert reward_fn("", "17") == 0.0
+
+
+# MATH-style answers: (response, reference) pairs that are the same value written differently ...
+EQUIVALENT = [
+    ("#### \\dfrac{14}{3}", "\\frac{14}{3}"),
+    ("#### 0.5", "\\frac{1}{2}"),
+    ("\\boxed{\\frac12}", "0.5"),
+    ("#### 3\\sqrt{2}", "3 \\sqrt{2}"),
+    ("#### \\sqrt{18}", "3\\sqrt{2}"),
+    ("\\boxed{(3, \\frac{\\pi}{2})}", "\\left( 3, \\frac{\\pi}{2} \\right)"),
+    ("#### 6-5i", "6 - 5i"),
+    ("#### [1,2)", "[1, 2)"),
+    ("#### (-\\infty, 3]", "(-\\infty,3]"),
+    ("#### \\{2,1\\}", "\\{1,2\\}"),
+    ("#### 50\\%", "\\frac{1}{2}"),
+    ("#### (x+2)(x+5)", "x^2+7x+10"),
+    ("#### 1,000", "1000"),
+    ("#### \\text{(C)}", "\\text{(C)}"),
+]
+# ... and pairs that are not.
+DIFFERENT = [
+    ("#### 0.49", "\\frac{1}{2}"),
+    ("#### \\frac{14}{5}", "\\frac{14}{3}"),
+    ("#### 3\\sqrt{3}", "3 \\sqrt{2}"),
+    ("#### [1,2]", "[1, 2)"),
+    ("#### q - p", "p - q"),
+    ("#### 6+5i", "6 - 5i"),
+    ("#### 7", "8"),
+    ("no answer at all", "\\frac{1}{2}"),
+]
+
+
+@pytest.mark.parametrize("response, answer", EQUIVALENT)
+def test_equivalent_math_answers_score_one(response, answer):
+    assert check_answer(response, answer) == (1.0, False)
+
+
+@pytest.mark.parametrize("response, answer", DIFFERENT)
+def test_different_math_answers_score_zero(response, answer):
+    assert check_answer(response, answer) == (0.0, False)
+
+
+HOSTILE = ["__import__('os').system('touch {marker}')", "exec(open('{marker}', 'w').write('x'))",
+           "lambda: __import__('os').system('touch {marker}')", "\\text{{__import__('os').system('touch {marker}')}}",
+           "x_{{__class__}}", "\\operatorname{{eval}}(1)", "1e309", "12345678901234567890.5", "\\mathrm{{os}}.system(1)",
+           "2*x + 1", "x**2 - y"]  # the last two: what a plain-expression reader would hand to eval
+
+
+def test_model_text_never_reaches_eval(tmp_path, monkeypatch):
+    """math-verify's plain-expression reader calls sympy's parse_expr (Python's eval); we use its
+    LaTeX reader only. All that reaches eval from a response is a number token, which sympy turns
+    into Integer(...) or Float(...): checked on hostile responses with a spy on eval."""
+    check_answer("#### \\frac{1}{2} + x", "\\frac{1}{3}")  # imports and their own start-up evals happen first
+    marker = tmp_path / "pwned"
+    seen, real_eval = [], builtins.eval
+
+    def spy(source, *args, **kwargs):
+        seen.append(source)
+        return real_eval(source, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "eval", spy)
+    for payload in HOSTILE:
+        text = payload.format(marker=marker)
+        for response in (f"#### {text}", f"\\boxed{{{text}}}"):
+            assert check_answer(response, "\\frac{1}{2}")[0] == 0.0
+    monkeypatch.undo()
+    assert not marker.exists()
+    number = re.compile(r"(Integer \(\d+ \)|Float \('\d*\.?\d+' \))")
+    assert all(isinstance(s, str) and number.fullmatch(s) for s in seen), [s for s in seen if not number.fullmatch(str(s))]
+
+
+def test_a_check_that_runs_out_of_time_counts_as_wrong_and_is_counted(monkeypatch):
+    import math_verify.grader
+    monkeypatch.setattr(data, "VERIFY_TIMEOUT_S", 1)
+    monkeypatch.setattr(math_verify.grader, "sympy_expr_eq", lambda *a, **k: time.sleep(5))
+    start = time.perf_counter()
+    assert answers_match("\\frac{2}{4}", "\\frac{1}{2}") == (False, True)
+    assert time.perf_counter() - start < 4
+
+
+@pytest.mark.parametrize("text, bare", [
+    ("42", "42"), ("\\frac{14}{3}", "\\frac{14}{3}"), ("6 - 5i", "6 - 5i"), ("\\text{Evelyn}", "\\text{Evelyn}"),
+    ("\\left( 3, \\frac{\\pi}{2} \\right)", "\\left( 3, \\frac{\\pi}{2} \\right)"), ("x^2+7x+10", "x^2+7x+10"),
+    ("no idea", None), ("The answer is 5", None), ("", None),
+])
+def test_a_bare_answer_is_math_not_prose(text, bare):
+    assert bare_answer(text) == bare
+
+
+def test_every_row_of_the_real_gsm8k_test_split_parses():
+    cfg = GRPOConfig(dataset=os.path.join(FIXTURES, "gsm8k", "test.jsonl"), eval_size=19)
+    train, held_out = load_rows(cfg)
+    assert len(train) + len(held_out) == 1319
+    for row in train + held_out:
+        assert re.fullmatch(r"-?\d+", row["answer"]), row["answer"]
+        assert row["answer"] == row["solution"].rsplit("####", 1)[1].strip().replace(",", "")
 
 
 
@@ -61,3 +169,51 @@ def test_no_usable_rows_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="no usable rows"):
         load_rows(cfg)
 
+
+
+def exit_message(argv):
+    """What `python grpo_baseline.py ARGV` says when it stops on bad input (one line, no traceback)."""
+    with pytest.raises(SystemExit) as stop:
+        gb.main(gb.GRPOConfig, argv + ["--max_steps", "1"])
+    message = str(stop.value.code)
+    assert message.startswith("error: ") and "\n" not in message and "Traceback" not in message
+    return message
+
+
+def test_a_dataset_path_that_does_not_exist_is_one_clear_line(tmp_path):
+    missing = str(tmp_path / "nope.jsonl")
+    assert f"--dataset {missing}: no such file" in exit_message(["--dataset", missing, "--output_dir", str(tmp_path / "r")])
+
+
+def test_a_jsonl_line_that_is_not_json_names_the_file_and_line(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"question": "q", "answer": "#### 1"}\n\n{"question": "q2", "answer": "#### 2"\n')
+    message = exit_message(["--dataset", str(path), "--output_dir", str(tmp_path / "r")])
+    assert f"--dataset {path} line 3: not valid JSON" in message and "fix or remove" in message
+    path.write_text('{"question": "q", "answer": "#### 1"}\n[1, 2]\n')
+    assert "line 2: a row must be a JSON object" in exit_message(["--dataset", str(path), "--output_dir", str(tmp_path / "r")])
+
+
+def test_a_model_path_that_does_not_exist_is_one_clear_line(tmp_path):
+    rows = write_jsonl(tmp_path / "d.jsonl", [{"question": f"q{i}", "answer": f"#### {i}"} for i in range(8)])
+    missing = str(tmp_path / "no_model")
+    message = exit_message(["--model", missing, "--dataset", rows, "--eval_size", "2", "--output_dir", str(tmp_path / "r")])
+    assert f"--model {missing}: no such directory" in message
+    (tmp_path / "empty").mkdir()
+    empty = str(tmp_path / "empty")
+    message = exit_message(["--model", empty, "--dataset", rows, "--eval_size", "2", "--output_dir", str(tmp_path / "r")])
+    assert f"--model {empty}: cannot load a tokenizer and causal LM from it" in message
+
+
+def test_a_datasets_id_goes_to_load_dataset_with_its_config_and_its_failure_is_one_line(tmp_path, monkeypatch):
+    import datasets
+    calls = []
+
+    def offline(path, **kwargs):
+        calls.append((path, kwargs))
+        raise ConnectionError("Couldn't reach 'openai/gsm8k' on the Hub (LocalEntryNotFoundError)\nmore detail")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    message = exit_message(["--dataset", "openai/gsm8k", "--dataset_config", "main", "--output_dir", str(tmp_path / "r")])
+    assert calls == [("openai/gsm8k", {"name": "main"})]
+    assert "--dataset openai/gsm8k: cannot load it (Couldn't reach 'openai/gsm8k' on the Hub" in message

@@ -100,8 +100,12 @@ def test_reference_response_keeps_its_final_answer_or_is_dropped():
     ids, why = gold.reference_response(tok, row, gold.GoldConfig(max_completion_length=64))
     assert why is None and ids[-1] == tok.eos_token_id and tok.decode(ids, skip_special_tokens=True) == row["solution"]
     assert gold.reference_response(tok, row, gold.GoldConfig(max_completion_length=10)) == (None, "too_long")
-    ids, why = gold.reference_response(tok, row, gold.GoldConfig(max_completion_length=len(row["solution"])))
-    assert why is None and tok.decode(ids) == row["solution"]  # cut just before EOS: the answer survives
+    assert gold.reference_response(tok, row, gold.GoldConfig(max_completion_length=len(row["solution"]))) == (
+        None, "too_long")  # the end token needs a place too, and the cut would take the final digit
+    long_row = {"solution": row["solution"] + " apples, said the farmer", "answer": "7"}
+    ids, why = gold.reference_response(tok, long_row, gold.GoldConfig(max_completion_length=len(row["solution"]) + 1))
+    assert why is None and ids[-1] == tok.eos_token_id  # cut, but it still ends the turn
+    assert tok.decode(ids, skip_special_tokens=True) == row["solution"]
     assert gold.reference_response(tok, {"solution": None, "answer": "7"}, gold.GoldConfig()) == (None, "no_reference")
     assert gold.reference_response(tok, {"solution": "#### 8", "answer": "7"}, gold.GoldConfig())[1] == "unparsable_reference"
     gsm = {"solution": "48/2 = <<48/2=24>>24 clips\n#### 24", "answer": "24"}
