@@ -438,7 +438,7 @@ def train(cfg, credit=grpo_credit, loss_fn=grpo_loss, edit_rollouts=None):
         log.flush()
 
     stop_tokens = tokenizer.convert_ids_to_tokens(stop_ids(model))
-    print(f"[model] responses end at any of {stop_tokens}", file=sys.stderr)
+    print(f"[model] responses end at any of {stop_tokens}")
     if start == 0:
         record({"step": 0, "stop_tokens": stop_tokens, "eval_acc": evaluate(model, tokenizer, eval_rows, cfg, device, instruction)})
     bar = tqdm(range(start + 1, cfg.max_steps + 1), desc=os.path.basename(cfg.output_dir), initial=start,

@@ -5,6 +5,7 @@ grpo_baseline.py's rollout and update (and the methods' extra scoring passes) ar
 Shapes: N sequences, P prompt positions (left-padded), L completion positions (right-padded).
 """
 import contextlib
+import functools
 import os
 
 import torch
@@ -12,7 +13,7 @@ import torch
 
 def load_policy(path, cfg, device):
     """Model and tokenizer through the public Hugging Face APIs a user would call. The model's
-    generation_config.eos_token_id is set to every stop token (stop_token_ids), so that sampling,
+    generation_config.eos_token_id is set to every stop token (collect_stop_ids), so that sampling,
     masks and rewards all end a response at the same place."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     if path.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(path)):
@@ -27,7 +28,7 @@ def load_policy(path, cfg, device):
         raise ValueError(f"--model {path}: the tokenizer has no EOS token, so responses cannot end")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token  # pad = eos is handled: see completion_mask
-    model.generation_config.eos_token_id = stop_token_ids(model, tokenizer)
+    model.generation_config.eos_token_id = collect_stop_ids(model, tokenizer)
     model.eval()  # dropout off (as TRL's disable_dropout): the trainer's log-probs must match the sampler's
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
@@ -38,6 +39,7 @@ def first_line(error):
     return str(error).strip().split("\n")[0][:200] or type(error).__name__
 
 
+@functools.lru_cache(maxsize=8)  # Gold asks for every group of every step; the answer never changes
 def end_of_turn_id(tokenizer):
     """The token that ends an assistant turn: the special token the chat template writes right
     after the assistant's text (Qwen's <|im_end|>, Phi-3's <|end|>, Gemma's <end_of_turn>), else
@@ -55,7 +57,7 @@ def end_of_turn_id(tokenizer):
     return tokenizer.eos_token_id
 
 
-def stop_token_ids(model, tokenizer):
+def collect_stop_ids(model, tokenizer):
     """Every token that ends a response, sorted: the tokenizer's EOS, the model's
     generation_config.eos_token_id (an int or a list) and the chat template's end-of-turn token."""
     listed = model.generation_config.eos_token_id

@@ -13,7 +13,7 @@ import gcpo
 import gold
 import grpo_baseline as gb
 from data import DEFAULT_INSTRUCTION, extract_answer, prompt_ids, reward_fn
-from language_model import end_of_turn_id, generate, load_policy, stop_token_ids
+from language_model import end_of_turn_id, generate, load_policy, collect_stop_ids
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 IM_END, ENDOFTEXT = 151645, 151643  # Qwen2.5: the chat template's end of turn (= tokenizer EOS), and the pad/base EOS
@@ -63,12 +63,12 @@ def test_stop_tokens_are_the_union_of_eos_generation_config_and_the_template(qwe
     assert end_of_turn_id(qwen_tokenizer) == IM_END
     model = qwen()
     model.generation_config.eos_token_id = [IM_END, ENDOFTEXT]
-    assert stop_token_ids(model, qwen_tokenizer) == [ENDOFTEXT, IM_END]
+    assert collect_stop_ids(model, qwen_tokenizer) == [ENDOFTEXT, IM_END]
     # a base-model-style tokenizer (EOS <|endoftext|>) whose template ends turns with <|im_end|>,
     # and a generation_config that lists only the EOS: the template's end of turn still stops
     base_style = type(qwen_tokenizer).from_pretrained(os.path.join(FIXTURES, "qwen2.5-tokenizer"), eos_token="<|endoftext|>")
     model.generation_config.eos_token_id = ENDOFTEXT
-    assert base_style.eos_token_id == ENDOFTEXT and stop_token_ids(model, base_style) == [ENDOFTEXT, IM_END]
+    assert base_style.eos_token_id == ENDOFTEXT and collect_stop_ids(model, base_style) == [ENDOFTEXT, IM_END]
 
 
 def test_generation_stops_at_a_generation_config_stop_token_and_the_reward_reads_only_before_it(qwen_tokenizer, tmp_path):
