@@ -60,13 +60,13 @@ def end_of_turn_id(tokenizer):
 def collect_stop_ids(model, tokenizer):
     """Every token that ends a response, sorted: the tokenizer's EOS, the model's
     generation_config.eos_token_id (an int or a list) and the chat template's end-of-turn token."""
-    listed = model.generation_config.eos_token_id
-    ids = {tokenizer.eos_token_id, end_of_turn_id(tokenizer), *(listed if isinstance(listed, (list, tuple)) else [listed])}
+    ids = {tokenizer.eos_token_id, end_of_turn_id(tokenizer), *stop_ids(model)}
     return sorted(i for i in ids if i is not None)
 
 
 def stop_ids(model):
-    """The stop tokens a model generates with (set by load_policy), as a list."""
+    """The model's generation_config.eos_token_id (an int, a list or None) as a list: after
+    load_policy, the stop tokens it generates with."""
     listed = model.generation_config.eos_token_id
     return list(listed) if isinstance(listed, (list, tuple)) else [listed]
 
