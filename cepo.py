@@ -16,11 +16,15 @@ As a diff against grpo_baseline.py it replaces only the token credit:
 Â keeps the sign of A_i and stays within (1 ± λ eps_w)|A_i|: the teachers re-weight, never
 reverse. The hints enter only as the stop-gradient Δ, so the gradient is the student's,
 sum Â ∇ log pi(y_t | x, y_<t), with no hint in its context.
+The hint is the bare answer " 42" right after the prompt's assistant header, as the reference
+inserts it, for real models; the embedded task's is "Answer: #### 42\n", the form its warm start
+teaches (--hint_template). Before step 1 a run checks that the model reads the hints (hint_check).
 Departure from the reference code: when the chosen rejected rollout has no parsable answer, the
 reference uses the literal string "None" as r-; we take the next rejected rollout with a
-parsable answer, and use r- = r+ (Δ = 0: GRPO) if there is none.
+parsable answer, and use r- = r+ (Δ = 0: GRPO) if there is none. docs/cepo.md lists the rest.
 `--teacher rlsd` replaces P- by the student's own P(y_t | x, y_<t) (RLSD, arXiv 2604.03128).
 """
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +35,9 @@ from embedded_task import ANSWER_HINT
 from grpo_baseline import opt
 from language_model import completion_logprobs, end_of_turn_id, pad_batch
 
+REFERENCE_HINT = " {answer}"  # the reference's hint for real models: the bare answer
+HINT_CHECK_ROWS = 64
+
 
 @dataclass
 class CEPOConfig(gb.GRPOConfig):
@@ -40,6 +47,9 @@ class CEPOConfig(gb.GRPOConfig):
                                choices=("linear", "constant"))
     lambda_decay_steps: int = opt(25, "W: steps over which λ decays linearly to 0 (reference scripts: 25)")
     epsilon_w: float = opt(0.2, "clip range of the token weight w (reference scripts: 0.2; its README: 0.5)")
+    hint_template: str = opt(None, "the hint between prompt and response, '{answer}' replaced by r+ or r-; default "
+                             "' {answer}' (the reference's bare answer) with --model, "
+                             f"{ANSWER_HINT!r} on the embedded task (the form its warm start teaches)")
     teacher: str = opt("cepo", "'cepo': correct- vs wrong-answer teacher; 'rlsd': correct-answer teacher vs the "
                        "student itself (RLSD)", choices=("cepo", "rlsd"))
 
@@ -51,6 +61,8 @@ class CEPOConfig(gb.GRPOConfig):
             bad.append(f"--epsilon_w={self.epsilon_w!r}: must be in [0, 1)")
         if self.lambda_decay_steps < 1:
             bad.append(f"--lambda_decay_steps={self.lambda_decay_steps!r}: must be >= 1")
+        if self.hint_template is not None and "{answer}" not in self.hint_template:
+            bad.append(f"--hint_template={self.hint_template!r}: must contain '{{answer}}', where r+ or r- goes")
         return bad
 
 
@@ -80,8 +92,11 @@ def wrong_answer_hints(texts, rewards, group_size):
     return hints
 
 
-def hint_ids(tokenizer, answer):
-    return tokenizer(ANSWER_HINT.format(answer=answer), add_special_tokens=False).input_ids
+def hint_ids(tokenizer, answer, cfg):
+    """Token ids of the hint for `answer`, tokenized raw: it goes after the templated prompt,
+    inside the assistant turn, where the reference puts it."""
+    template = cfg.hint_template if cfg.hint_template is not None else (REFERENCE_HINT if cfg.model else ANSWER_HINT)
+    return tokenizer(template.replace("{answer}", answer), add_special_tokens=False).input_ids
 
 
 def teacher_logprobs(model, tokenizer, contexts, completion_ids, completion_mask, cfg):
@@ -99,20 +114,22 @@ def cepo_credit(batch, model, tokenizer, cfg, step):
     lam = lambda_at(step, cfg)
     token_adv = gb.grpo_token_advantages(batch.advantages, batch.completion_mask)
     G = batch.group_size
-    wrong = wrong_answer_hints(batch.texts, batch.rewards, G) if cfg.teacher == "cepo" else None
-    batch.notes = [f"r+ = {batch.rows[i]['answer']}, r- = " + (str(wrong[i // G]) if wrong else "the student (RLSD)")
+    rlsd = cfg.teacher == "rlsd"
+    r_minus = None if rlsd else wrong_answer_hints(batch.texts, batch.rewards, G)  # one per group
+    batch.notes = [f"r+ = {batch.rows[i]['answer']}, r- = " + ("the student (RLSD)" if rlsd else str(r_minus[i // G]))
                    for i in range(len(batch.rows))]
-    live = [i for i in range(len(batch.rows)) if batch.advantages[i] != 0 and (wrong is None or wrong[i // G] is not None)]
+    live = [i for i in range(len(batch.rows)) if batch.advantages[i] != 0 and (rlsd or r_minus[i // G] is not None)]
     if lam == 0 or not live:  # (2.4): no teacher pass at all
         return token_adv, {"lambda": lam}
-    positive = [batch.prompts[i] + hint_ids(tokenizer, batch.rows[i]["answer"]) for i in live]
-    negative = [batch.prompts[i] + hint_ids(tokenizer, wrong[i // G]) for i in live] if wrong else []
+    contexts = [batch.prompts[i] + hint_ids(tokenizer, batch.rows[i]["answer"], cfg) for i in live]  # P+
+    if not rlsd:
+        contexts += [batch.prompts[i] + hint_ids(tokenizer, r_minus[i // G], cfg) for i in live]  # P-, same pass
     scored_idx = torch.tensor(live, device=token_adv.device)
     completion_ids, mask = batch.completion_ids[scored_idx], batch.completion_mask[scored_idx]
-    scored = teacher_logprobs(model, tokenizer, positive + negative, completion_ids.repeat(1 + bool(wrong), 1),
-                              mask.repeat(1 + bool(wrong), 1), cfg)
+    teachers = len(contexts) // len(live)
+    scored = teacher_logprobs(model, tokenizer, contexts, completion_ids.repeat(teachers, 1), mask.repeat(teachers, 1), cfg)
     logp_pos = scored[:len(live)]
-    logp_neg = scored[len(live):] if wrong else batch.old_logp[scored_idx]  # RLSD: the student itself
+    logp_neg = batch.old_logp[scored_idx] if rlsd else scored[len(live):]  # RLSD: the student itself
     adv = batch.advantages[scored_idx]
     token_adv[scored_idx] = cepo_token_advantages(adv, logp_pos, logp_neg, mask, lam, cfg.epsilon_w)
     return token_adv, evidence_diagnostics(adv, logp_pos - logp_neg, mask, token_adv[scored_idx], lam, cfg.epsilon_w)
@@ -144,8 +161,8 @@ def hint_contrast(model, tokenizer, rows, cfg):
     end = end_of_turn_id(tokenizer)
     responses = [tokenizer(r["solution"], add_special_tokens=False).input_ids + [end] for r in rows]
     wrong = [str(int(r["answer"]) + 1) if r["answer"].lstrip("-").isdigit() else r["answer"] + "0" for r in rows]
-    contexts = ([p + hint_ids(tokenizer, r["answer"]) for p, r in zip(prompts, rows)]
-                + [p + hint_ids(tokenizer, w) for p, w in zip(prompts, wrong)])
+    contexts = ([p + hint_ids(tokenizer, r["answer"], cfg) for p, r in zip(prompts, rows)]
+                + [p + hint_ids(tokenizer, w, cfg) for p, w in zip(prompts, wrong)])
     device = next(model.parameters()).device
     _, _, completion_ids, mask = pad_batch(prompts, responses, tokenizer.pad_token_id, device)
     logp = teacher_logprobs(model, tokenizer, contexts, completion_ids.repeat(2, 1), mask.repeat(2, 1), cfg).sum(1)
@@ -153,7 +170,25 @@ def hint_contrast(model, tokenizer, rows, cfg):
     return diff.mean().item(), (diff > 0).float().mean().item()
 
 
-METHOD = {"credit": cepo_credit, "loss_fn": gb.grpo_loss}  # the seams: only the credit changes
+def hint_check(model, tokenizer, eval_rows, cfg):
+    """The preflight seam: hint_contrast on up to HINT_CHECK_ROWS held-out rows with a reference
+    solution, printed, with a warning when the correct hint does not make the solutions more
+    likely than a wrong one (then the teachers' Δ is noise, and CEPO re-weights at random)."""
+    rows = [r for r in eval_rows if r.get("solution")][:HINT_CHECK_ROWS]
+    if not rows:
+        print("[cepo] hint check skipped: the held-out rows have no reference solutions")
+        return {}
+    nats, wins = hint_contrast(model, tokenizer, rows, cfg)
+    print(f"[cepo] hint check on {len(rows)} held-out solutions: the correct-answer hint makes each {nats:+.2f} nats "
+          f"more likely than a wrong one (wins on {wins:.0%})")
+    if nats <= 0:
+        print("warning: this model does not read CEPO's answer hints (the correct one does not make reference solutions "
+              "more likely); the teachers' evidence will be noise. Try another --hint_template, or a model that reads it",
+              file=sys.stderr)
+    return {"hint_contrast_nats": nats, "hint_contrast_wins": wins}
+
+
+METHOD = {"credit": cepo_credit, "loss_fn": gb.grpo_loss, "preflight": hint_check}  # only the credit changes
 
 if __name__ == "__main__":
     gb.main(CEPOConfig, **METHOD)

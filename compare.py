@@ -4,7 +4,8 @@
     python compare.py --bench                                          # seconds per phase, one process
 
 Every method starts from the same cached warm start with the same seeds and the same budget (the
-defaults of GRPOConfig). Each run is its own process, so each reports its own peak memory; its
+defaults of GRPOConfig); Gold runs with GRPO's loss (SAME_LOSS_AS_GRPO), so its row measures the
+injection alone. Each run is its own process, so each reports its own peak memory; its
 files are in runs/<method>/seed<k>/. Results: results/summary.md, summary.json, curves.png and
 credit_embedded.html (the same responses coloured by each method's token credit).
 """
@@ -35,6 +36,16 @@ METHODS = {"grpo": ("grpo_baseline.py", gb.GRPOConfig), "gcpo": ("gcpo.py", gcpo
 SEAMS = {"grpo": gb.METHOD, "gcpo": gcpo.METHOD, "cepo": cepo.METHOD, "gold": gold.METHOD}
 TARGET_ACC = 0.9  # steps_to_target: the first evaluation at or above this held-out accuracy
 PHASES = ("t_generate", "t_score", "t_credit", "t_update")
+# Gold's own defaults (sequence ratio, seq-mean-token-mean, GSPO's clip) also change the loss of every
+# group; here it takes GRPO's, so "Gold vs GRPO" is the injection alone. At one update per rollout the
+# ratio is 1, and the sequence ratio's gradient equals the token ratio's: only the aggregation is lost.
+SAME_LOSS_AS_GRPO = {"gold": {"ratio_level": "token", **{f: getattr(gb.GRPOConfig(), f)
+                                                        for f in ("loss_type", "epsilon", "epsilon_high")}}}
+
+
+def method_config(name, **overrides):
+    """The config `name` runs with here: its defaults, GRPO's loss for Gold, then `overrides`."""
+    return METHODS[name][1](**{**SAME_LOSS_AS_GRPO.get(name, {}), **overrides})
 
 
 def run_all(methods, seeds, runs_dir):
@@ -48,8 +59,9 @@ def run_all(methods, seeds, runs_dir):
         out = os.path.join(runs_dir, method, f"seed{seed}")
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "log.txt"), "w") as log:
+            same_loss = [a for k, v in SAME_LOSS_AS_GRPO.get(method, {}).items() for a in (f"--{k}", str(v))]
             done = subprocess.run([sys.executable, METHODS[method][0], "--seed", str(seed), "--output_dir", out,
-                                   "--overwrite_output_dir"], stdout=log, stderr=subprocess.STDOUT)
+                                   "--overwrite_output_dir", *same_loss], stdout=log, stderr=subprocess.STDOUT)
         if done.returncode:
             with open(os.path.join(out, "log.txt")) as log:
                 sys.exit(f"error: {method} seed {seed} failed; the end of {out}/log.txt:\n{log.read()[-3000:]}")
@@ -137,10 +149,10 @@ def bench(steps=6):
                              ("larger batch (64 x 16)", {"prompts_per_step": 64, "num_generations": 16})):
         print(f"\n{label}\n| method | s/step | generate | score | credit | update | vs GRPO | peak MB |\n|---|---|---|---|---|---|---|---|")
         base = None
-        for name, (_, config_cls) in METHODS.items():
+        for name in METHODS:
             out = os.path.join("runs", "bench", name)
-            cfg = config_cls(output_dir=out, overwrite_output_dir=True, max_steps=steps + 1, eval_steps=10**6,
-                             eval_size=8, save_steps=10**6, **overrides)
+            cfg = method_config(name, output_dir=out, overwrite_output_dir=True, max_steps=steps + 1, eval_steps=10**6,
+                                eval_size=8, save_steps=10**6, **overrides)
             if name == "cepo":
                 cfg.lambda_schedule = "constant"  # measure the teachers' cost on every step
             with contextlib.redirect_stdout(io.StringIO()):  # the run's own progress bar would break the table

@@ -16,9 +16,13 @@ token credit (and adds the reference's optional entropy term to the loss):
 
 Weights are >= 0 and average exactly 1 over a response, so sum_t Â = A_i |y_i| as in GRPO: credit
 is moved between tokens, never created. The same weights multiply positive and negative A.
-Departure from the reference code: it ranks with argsort, so equal divergences get arbitrary
-different weights even when the contrast vanishes; we give ties their average rank, so equal
-divergences get equal weights and lp+ == lp- everywhere reduces GCPO to GRPO exactly.
+With more than one optimizer step per rollout (--num_iterations, --num_mini_batches), the
+weights of every mini-batch after the first are recomputed under the current policy (the
+`recredit` seam), as the reference does; at the defaults (one step) lp+ = log pi_old is exact.
+Departures from the reference code (docs/gcpo.md lists them all): ties get their average rank,
+not argsort's arbitrary order, so equal divergences get equal weights and lp+ == lp- everywhere
+reduces GCPO to GRPO exactly; the embedded task's negative prompt is the form its warm start
+teaches (real models get the reference's wording).
 """
 import math
 from dataclasses import dataclass
@@ -32,6 +36,7 @@ from grpo_baseline import opt
 from language_model import completion_logprobs, pad_batch
 
 TOP_SHARE, TOP_WEIGHT = 0.4, 0.8  # (1.4): x and y
+REFERENCE_WRONG_ANSWER = "\n\nNote: Intentionally generate an incorrect answer."  # the reference's x- wording
 HIST_ALPHA = math.log(1 - TOP_WEIGHT) / math.log(1 - TOP_SHARE) - 1  # ~2.15
 
 
@@ -41,10 +46,15 @@ class GCPOConfig(gb.GRPOConfig):
     negative: str = opt("wrong_answer", "negative prompt x-: 'wrong_answer' (the question plus a request for a wrong "
                         "answer) or 'empty_prompt' (the question removed: its blank_question, else a generic one)",
                         choices=("wrong_answer", "empty_prompt"))
+    negative_instruction: str = opt(None, "with --negative wrong_answer, the text appended to the question and "
+                                    "--instruction; default the reference's '\\n\\nNote: Intentionally generate an "
+                                    f"incorrect answer.' with --model, {WRONG_ANSWER_INSTRUCTION!r} on the embedded task "
+                                    "(the form its warm start teaches)")
     weight_norm: str = opt("hist", "divergence -> weight: 'hist' (rank power, the paper's runs), 'mean' (d / mean d), "
-                           "'softmax' (n * softmax(d / weight_temperature); ours, see docs/gcpo.md)",
+                           "'softmax' (n * softmax(d / max d / weight_temperature), the reference's code default)",
                            choices=("hist", "mean", "softmax"))
-    weight_temperature: float = opt(0.1, "temperature of --weight_norm softmax")
+    weight_temperature: float = opt(0.1, "temperature of --weight_norm softmax, applied after dividing by the "
+                                    "response's largest divergence")
     entropy_coef: float = opt(0.0, "the reference's 'entropy penalty': adds coef * mean(-log pi(y_t)); minimising it "
                               "raises the sampled tokens' probability, i.e. lowers entropy (its scripts: 0.02 for 7B)")
 
@@ -58,7 +68,8 @@ class GCPOConfig(gb.GRPOConfig):
 
 
 def divergence(logp_pos, logp_neg):
-    """(1.3) pointwise k3 divergence, clamped as the reference: (N, L) -> (N, L), >= 0."""
+    """(1.3) pointwise k3 divergence: (N, L) -> (N, L), >= 0. The reference clamps to [-10, 10];
+    the lower bound 0 only removes float rounding below 0 (k3 >= 0 exactly)."""
     u = (logp_neg - logp_pos).clamp(-20, 20)
     return (torch.exp(u) - u - 1).clamp(0, 10)  # (1.3)
 
@@ -88,9 +99,9 @@ def guidance_weights(logp_pos, logp_neg, mask, norm="hist", temperature=0.1):
         raw = (ranks / n) ** HIST_ALPHA
     elif norm == "mean":
         raw = d
-    elif norm == "softmax":
-        raw = torch.exp(torch.where(valid, d, -torch.inf) / temperature
-                        - (torch.where(valid, d, -torch.inf) / temperature).amax(1, keepdim=True))
+    elif norm == "softmax":  # the reference's: scale by the response's largest divergence, then temperature
+        scaled = torch.where(valid, d, -torch.inf) / d.amax(1, keepdim=True).clamp(min=1e-8) / temperature
+        raw = torch.exp(scaled - scaled.amax(1, keepdim=True))
     else:
         raise ValueError(f"unknown weight norm {norm!r}: use 'hist', 'mean' or 'softmax'")
     raw = torch.where(valid, raw, 0.0)
@@ -109,35 +120,65 @@ def gcpo_token_advantages(adv, logp_pos, logp_neg, mask, norm="hist", temperatur
     return adv[:, None] * guidance_weights(logp_pos, logp_neg, mask, norm, temperature) * mask
 
 
-def negative_prompt(tokenizer, row, negative, instruction):
+def negative_prompt(tokenizer, row, cfg):
     """Token ids of x-. 'wrong_answer': the question, the instruction and a request for a wrong
-    answer, in the user turn; 'empty_prompt': the question removed (the row's blank_question, or a
-    generic 'Answer the question.'). The embedded warm start teaches the model both."""
-    if negative == "wrong_answer":
-        return prompt_ids(tokenizer, row["question"], instruction + WRONG_ANSWER_INSTRUCTION)
+    answer (--negative_instruction), in the user turn; 'empty_prompt': the question removed (the
+    row's blank_question, or the reference's generic 'Answer the question.')."""
+    instruction = resolve_instruction(cfg)
+    if cfg.negative == "wrong_answer":
+        return prompt_ids(tokenizer, row["question"], instruction + resolve_negative_instruction(cfg))
     return prompt_ids(tokenizer, row.get("blank_question") or EMPTY_QUESTION, instruction)
 
 
+def resolve_negative_instruction(cfg):
+    if cfg.negative_instruction is not None:
+        return cfg.negative_instruction
+    return REFERENCE_WRONG_ANSWER if cfg.model else WRONG_ANSWER_INSTRUCTION
+
+
+def negative_logprobs(batch, rows, model, tokenizer, cfg):
+    """(1.2) lp- of the responses `rows` (1-D index tensor): one no-grad, micro-batched forward of
+    x- ⊕ y. Returns (lp- (n, L), the negative prompts' token ids)."""
+    negatives = [negative_prompt(tokenizer, batch.rows[i], cfg) for i in rows.tolist()]
+    ids, ids_mask, _, _ = pad_batch(negatives, [[]] * len(negatives), tokenizer.pad_token_id, rows.device)
+    logp_neg, _ = completion_logprobs(model, ids, ids_mask, batch.completion_ids[rows], batch.completion_mask[rows],
+                                      cfg.temperature, cfg.micro_batch_size)  # (1.2)
+    return logp_neg, negatives
+
+
 def gcpo_credit(batch, model, tokenizer, cfg, step):
-    """The credit seam: one no-grad forward of x- + y for every response with A != 0 (the others
-    get no credit whatever their weights), then (1.3)-(1.5)."""
+    """The credit seam: lp- for every response with A != 0 (the others get no credit whatever
+    their weights), lp+ = log pi_old, then (1.3)-(1.5)."""
     live = (batch.advantages != 0).nonzero().squeeze(1)
     token_adv = torch.zeros_like(batch.old_logp)
-    instruction = resolve_instruction(cfg)
-    negatives = [negative_prompt(tokenizer, batch.rows[i], cfg.negative, instruction) for i in live.tolist()]
     batch.notes = [""] * len(batch.rows)
-    for i, ids in zip(live.tolist(), negatives):
-        batch.notes[i] = "negative prompt x-: " + repr(tokenizer.decode(ids, skip_special_tokens=True))
     if not len(live):
         return token_adv, {}
-    ids, ids_mask, _, _ = pad_batch(negatives, [[]] * len(negatives), tokenizer.pad_token_id, token_adv.device)
+    logp_neg, negatives = negative_logprobs(batch, live, model, tokenizer, cfg)
+    for i, ids in zip(live.tolist(), negatives):
+        batch.notes[i] = "negative prompt x-: " + repr(tokenizer.decode(ids, skip_special_tokens=True))
     mask = batch.completion_mask[live]
-    logp_neg, _ = completion_logprobs(model, ids, ids_mask, batch.completion_ids[live], mask, cfg.temperature,
-                                      cfg.micro_batch_size)  # (1.2)
     logp_pos = batch.old_logp[live]  # (1.1)
     adv = batch.advantages[live]
     token_adv[live] = gcpo_token_advantages(adv, logp_pos, logp_neg, mask, cfg.weight_norm, cfg.weight_temperature)  # (1.5)
     return token_adv, weight_diagnostics(divergence(logp_pos, logp_neg), token_adv[live] / adv[:, None], mask)
+
+
+def gcpo_recredit(batch, idx, model, tokenizer, cfg):
+    """Seam 4: Â of the mini-batch `idx` (1-D index tensor) -> (len(idx), L) under the current
+    policy: lp+ (1.1) and lp- (1.2) both re-scored with no grad, then (1.3)-(1.5), as the
+    reference recomputes its weights in every mini-batch."""
+    live = batch.advantages[idx] != 0
+    token_adv = torch.zeros_like(batch.old_logp[idx])
+    if live.any():
+        rows = idx[live]
+        mask = batch.completion_mask[rows]
+        logp_pos, _ = completion_logprobs(model, batch.prompt_ids[rows], batch.prompt_mask[rows], batch.completion_ids[rows],
+                                          mask, cfg.temperature, cfg.micro_batch_size)  # (1.1)
+        logp_neg, _ = negative_logprobs(batch, rows, model, tokenizer, cfg)
+        token_adv[live] = gcpo_token_advantages(batch.advantages[rows], logp_pos, logp_neg, mask, cfg.weight_norm,
+                                                cfg.weight_temperature)  # (1.5)
+    return token_adv
 
 
 def weight_diagnostics(d, weights, mask):
@@ -164,7 +205,7 @@ def gcpo_loss(logp, old_logp, token_adv, mask, cfg, normalizer):
     return loss, stats
 
 
-METHOD = {"credit": gcpo_credit, "loss_fn": gcpo_loss}  # the seams it replaces in the shared loop
+METHOD = {"credit": gcpo_credit, "loss_fn": gcpo_loss, "recredit": gcpo_recredit}  # the seams it replaces
 
 if __name__ == "__main__":
     gb.main(GCPOConfig, **METHOD)

@@ -1,6 +1,7 @@
 """GRPO, the baseline every credit-assignment method in this repository is a diff against.
 
-One RL step, with the three seams (marked *) that gcpo.py, cepo.py and gold.py replace:
+One RL step, with the seams (marked *) that gcpo.py, cepo.py and gold.py replace (and a
+* preflight check before step 1: CEPO asks whether the model reads its hints):
 
     rows, prompts   = this step's B prompts                     (step_prompts)
     responses       = G samples per prompt, rewarded 0/1        (sample)
@@ -8,6 +9,7 @@ One RL step, with the three seams (marked *) that gcpo.py, cepo.py and gold.py r
     A_i             = group-normalised rewards                  (0.1) group_advantages
     * credit(batch)            -> per-token advantages Â (N, L); GRPO: A_i on every token (0.2)
     * loss_fn(logp, Â, ...)    -> PPO-clip on the ratio (0.3)-(0.4); update() takes the steps
+                                  (GCPO: * recredit recomputes Â after each optimizer step)
 
 Reads top to bottom: config -> rollout -> GRPO math (pure tensor functions) -> update -> train
 loop -> main. docs/grpo.md has the equations (numbered as in the comments), every logged metric
@@ -112,9 +114,7 @@ class GRPOConfig:
         need(self.max_prompt_length >= 1, "max_prompt_length", "must be >= 1")
         need(math.isfinite(self.temperature) and self.temperature > 0, "temperature", "must be > 0")
         need(math.isfinite(self.learning_rate) and self.learning_rate > 0, "learning_rate", "must be > 0")
-        need(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         need(self.max_grad_norm > 0, "max_grad_norm", "must be > 0")
-        need(self.beta >= 0, "beta", "must be >= 0")
         need(0 < self.epsilon < 1, "epsilon", "must be in (0, 1)")
         need(self.epsilon_high > 0, "epsilon_high", "must be > 0")
         need(self.num_iterations >= 1, "num_iterations", "must be >= 1")
@@ -123,8 +123,8 @@ class GRPOConfig:
         for flag in ("micro_batch_size", "generation_batch_size", "max_steps", "eval_steps", "eval_size", "save_steps",
                      "task_operands", "task_max_operand"):
             need(getattr(self, flag) >= 1, flag, "must be >= 1")
-        need(self.warm_start_steps >= 0, "warm_start_steps", "must be >= 0")
-        need(self.max_resample_rounds >= 0, "max_resample_rounds", "must be >= 0")
+        for flag in ("weight_decay", "beta", "warm_start_steps", "max_resample_rounds"):
+            need(getattr(self, flag) >= 0, flag, "must be >= 0")
         for f in dataclasses.fields(self):
             if "choices" in f.metadata:
                 need(getattr(self, f.name) in f.metadata["choices"], f.name, f"must be one of {f.metadata['choices']}")
@@ -183,8 +183,7 @@ def sample(model, tokenizer, rows, prompts, cfg, device, stats):
     """G responses for each of the given prompts, with their rewards; rows and prompts come back
     repeated G times, groups contiguous. Answer checks that ran out of time are counted in stats."""
     G = cfg.num_generations
-    rows = [r for r in rows for _ in range(G)]
-    prompts = [p for p in prompts for _ in range(G)]
+    rows, prompts = [r for r in rows for _ in range(G)], [p for p in prompts for _ in range(G)]
     completion_ids, mask, texts = generate(model, tokenizer, prompts, cfg, device)
     checked = [check_answer(t, r["answer"]) for t, r in zip(texts, rows)]
     stats["verify_timeouts"] = stats.get("verify_timeouts", 0) + sum(timed_out for _, timed_out in checked)
@@ -199,21 +198,22 @@ def informative_groups(rewards, G):
 
 
 def keep_informative_groups(pool, num_groups, G, pad_id):
-    """Dynamic sampling (DAPO): from several sample() results, the first num_groups groups whose
-    mean reward is strictly between 0.01 and 0.99, topped up with the others if too few are."""
+    """Dynamic sampling (DAPO): from several drawn (rows, prompts, ids, mask, texts, rewards,
+    sampled) tuples, the first num_groups groups whose mean reward is strictly between 0.01 and
+    0.99, topped up with the others if too few are."""
     L = max(p[2].shape[1] for p in pool)
-    rows, prompts, ids, mask, texts, rewards = (
-        sum((p[0] for p in pool), []), sum((p[1] for p in pool), []),
-        torch.cat([torch.nn.functional.pad(p[2], (0, L - p[2].shape[1]), value=pad_id) for p in pool]),
-        torch.cat([torch.nn.functional.pad(p[3], (0, L - p[3].shape[1])) for p in pool]),
-        sum((p[4] for p in pool), []), torch.cat([p[5] for p in pool]))
+    rows, prompts, texts = (sum((p[k] for p in pool), []) for k in (0, 1, 4))
+    ids = torch.cat([torch.nn.functional.pad(p[2], (0, L - p[2].shape[1]), value=pad_id) for p in pool])
+    mask = torch.cat([torch.nn.functional.pad(p[3], (0, L - p[3].shape[1])) for p in pool])
+    rewards, sampled = (torch.cat([p[k] for p in pool]) for k in (5, 6))
     informative = informative_groups(rewards, G).tolist()
     order = [g for g in range(len(informative)) if informative[g]] + [g for g in range(len(informative)) if not informative[g]]
     keep = [g * G + k for g in order[:num_groups] for k in range(G)]
     width = int(mask[keep].sum(1).max())  # drop columns only the dropped groups used
     return ([rows[i] for i in keep], [prompts[i] for i in keep], ids[keep, :width], mask[keep, :width],
-            [texts[i] for i in keep], rewards[keep]), {"informative_groups": sum(informative[g] for g in order[:num_groups]),
-                                                       "reward_all_rounds": rewards.mean().item()}
+            [texts[i] for i in keep], rewards[keep], sampled[keep]), {
+                "informative_groups": sum(informative[g] for g in order[:num_groups]),
+                "reward_all_rounds": rewards[sampled].mean().item()}
 
 
 def rollout(model, tokenizer, rows, prompts, cfg, device, ref_model, edit_rollouts=None, more_prompts=None):
@@ -223,26 +223,30 @@ def rollout(model, tokenizer, rows, prompts, cfg, device, ref_model, edit_rollou
     With --dynamic_sampling, more_prompts(round) -> (rows, prompts) supplies further prompts until
     enough groups are informative (keep_informative_groups).
     Seam 3, `edit_rollouts(rows, completion_ids, mask, texts, rewards, tokenizer, cfg) ->
-    (completion_ids, mask, texts, rewards, sampled, stats)` may change the group before the
-    advantages are computed (gold.py swaps in reference solutions)."""
+    (completion_ids, mask, texts, rewards, sampled, stats)` may change each group as it is drawn,
+    before the dynamic-sampling filter and the advantages (gold.py swaps in reference solutions)."""
     G = cfg.num_generations
     t0 = time.perf_counter()
     stats = {}
-    pool = [sample(model, tokenizer, rows, prompts, cfg, device, stats)]
+
+    def draw(rows, prompts):  # the method edits each group before dynamic sampling judges it (Gold's must)
+        rows, prompts, ids, mask, texts, rewards = sample(model, tokenizer, rows, prompts, cfg, device, stats)
+        sampled = torch.ones_like(rewards, dtype=torch.bool)
+        if edit_rollouts is not None:
+            ids, mask, texts, rewards, sampled, edited = edit_rollouts(rows, ids, mask, texts, rewards, tokenizer, cfg)
+            stats.update({k: stats.get(k, 0) + v for k, v in edited.items()})  # summed over sampling rounds
+        return rows, prompts, ids, mask, texts, rewards, sampled
+
+    pool = [draw(rows, prompts)]
     if cfg.dynamic_sampling:
         while sum(int(informative_groups(p[5], G).sum()) for p in pool) < len(prompts) and len(pool) <= cfg.max_resample_rounds:
-            pool.append(sample(model, tokenizer, *more_prompts(len(pool)), cfg, device, stats))
+            pool.append(draw(*more_prompts(len(pool))))
         kept, kept_stats = keep_informative_groups(pool, len(prompts), G, tokenizer.pad_token_id)
         stats.update(kept_stats)
         stats["sampling_rounds"] = len(pool)
         pool = [kept]
-    rows, prompts, completion_ids, mask, texts, rewards = pool[0]
+    rows, prompts, completion_ids, mask, texts, rewards, sampled = pool[0]
     t1 = time.perf_counter()
-    sampled = torch.ones_like(rewards, dtype=torch.bool)
-    if edit_rollouts is not None:
-        completion_ids, mask, texts, rewards, sampled, edit_stats = edit_rollouts(rows, completion_ids, mask, texts,
-                                                                                 rewards, tokenizer, cfg)
-        stats.update(edit_stats)
     advantages = group_advantages(rewards, G, scale=cfg.scale_rewards == "group")
     p_ids, p_mask, _, _ = pad_batch(prompts, [[]] * len(prompts), tokenizer.pad_token_id, device)
     old_logp, entropy = completion_logprobs(model, p_ids, p_mask, completion_ids, mask, cfg.temperature,
@@ -349,9 +353,11 @@ METHOD = {"credit": grpo_credit, "loss_fn": grpo_loss}  # the seams; each algori
 # =============================================================================================
 # 4. Update and training loop.
 # =============================================================================================
-def update(model, optimizer, batch, token_adv, cfg, loss_fn=grpo_loss):
+def update(model, optimizer, batch, token_adv, cfg, loss_fn=grpo_loss, recredit=None):
     """num_iterations PPO epochs of num_mini_batches optimizer steps each. A mini-batch whose loss
-    or gradient is not finite is skipped (and counted), never applied."""
+    or gradient is not finite is skipped (and counted), never applied. Seam 4, recredit(indices)
+    -> their (n, L) token advantages, recomputes the credit under the current policy for every
+    mini-batch after the first optimizer step (gcpo.py, as its reference); else token_adv holds."""
     N = len(batch.rows)
     size = N // cfg.num_mini_batches
     logs, skipped = [], 0
@@ -359,6 +365,7 @@ def update(model, optimizer, batch, token_adv, cfg, loss_fn=grpo_loss):
         order = torch.randperm(N) if cfg.num_mini_batches > 1 else torch.arange(N)
         for m in range(cfg.num_mini_batches):
             idx = order[m * size:(m + 1) * size].to(batch.old_logp.device)
+            adv = recredit(idx) if recredit is not None and len(logs) + skipped else token_adv[idx]
             mask = batch.completion_mask[idx]
             normalizer = mask.sum() if cfg.loss_type == "token-mean" else len(idx)
             optimizer.zero_grad()
@@ -367,7 +374,8 @@ def update(model, optimizer, batch, token_adv, cfg, loss_fn=grpo_loss):
                 mb = idx[s:s + cfg.micro_batch_size]
                 logp, _ = completion_logprobs(model, batch.prompt_ids[mb], batch.prompt_mask[mb], batch.completion_ids[mb],
                                               batch.completion_mask[mb], cfg.temperature, cfg.micro_batch_size, grad=True)
-                loss, stats = loss_fn(logp, batch.old_logp[mb], token_adv[mb], batch.completion_mask[mb], cfg, normalizer)
+                loss, stats = loss_fn(logp, batch.old_logp[mb], adv[s:s + cfg.micro_batch_size], batch.completion_mask[mb],
+                                      cfg, normalizer)
                 if cfg.beta > 0:
                     kl = torch.where(batch.completion_mask[mb] > 0, kl_k3(logp, batch.ref_logp[mb]), 0.0)
                     loss = loss + cfg.beta * aggregate(kl, batch.completion_mask[mb], cfg.loss_type, normalizer)
@@ -406,11 +414,10 @@ def load_task(cfg):
     return load_rows(cfg, None if cfg.dataset else make_arithmetic_task(cfg))
 
 
-def train(cfg, credit=grpo_credit, loss_fn=grpo_loss, edit_rollouts=None):
-    """Run RL with the given method (the three seams above); returns the run's summary dict."""
+def train(cfg, credit=grpo_credit, loss_fn=grpo_loss, edit_rollouts=None, recredit=None, preflight=None):
+    """Run RL with the given method (the seams above); returns the run's summary dict. Seam 5,
+    preflight(model, tokenizer, eval_rows, cfg) -> metrics for the step-0 record (cepo.py)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    from transformers.utils import logging as hf_logging
-    hf_logging.disable_progress_bar()
     ckpt_path, metrics_path = run_paths(cfg)
 
     train_rows, eval_rows = load_task(cfg)
@@ -424,13 +431,10 @@ def train(cfg, credit=grpo_credit, loss_fn=grpo_loss, edit_rollouts=None):
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     reset_peak_memory(device)
-    start, history = 0, []
-    if cfg.resume:
-        start = load_checkpoint(ckpt_path, model, optimizer, cfg)
-        history = metrics_until(metrics_path, start)
-    with open(metrics_path, "w") as f:
-        f.writelines(json.dumps(m) + "\n" for m in history)
-    log = open(metrics_path, "a")
+    start = load_checkpoint(ckpt_path, model, optimizer, cfg) if cfg.resume else 0
+    history = metrics_until(metrics_path, start) if cfg.resume else []
+    log = open(metrics_path, "w")
+    log.writelines(json.dumps(m) + "\n" for m in history)
 
     def record(metrics):
         history.append(metrics)
@@ -440,7 +444,9 @@ def train(cfg, credit=grpo_credit, loss_fn=grpo_loss, edit_rollouts=None):
     stop_tokens = tokenizer.convert_ids_to_tokens(stop_ids(model))
     print(f"[model] responses end at any of {stop_tokens}")
     if start == 0:
-        record({"step": 0, "stop_tokens": stop_tokens, "eval_acc": evaluate(model, tokenizer, eval_rows, cfg, device, instruction)})
+        checks = preflight(model, tokenizer, eval_rows, cfg) if preflight else {}
+        record({"step": 0, "stop_tokens": stop_tokens, **checks,
+                "eval_acc": evaluate(model, tokenizer, eval_rows, cfg, device, instruction)})
     bar = tqdm(range(start + 1, cfg.max_steps + 1), desc=os.path.basename(cfg.output_dir), initial=start,
                total=cfg.max_steps, file=sys.stdout)
     for step in bar:
@@ -452,7 +458,8 @@ def train(cfg, credit=grpo_credit, loss_fn=grpo_loss, edit_rollouts=None):
         t0 = time.perf_counter()
         token_adv, credit_stats = credit(batch, model, tokenizer, cfg, step)
         t1 = time.perf_counter()
-        upd = update(model, optimizer, batch, token_adv, cfg, loss_fn)
+        upd = update(model, optimizer, batch, token_adv, cfg, loss_fn,
+                     recredit and (lambda idx: recredit(batch, idx, model, tokenizer, cfg)))
         t2 = time.perf_counter()
         valid = batch.completion_mask > 0
         metrics = {"step": step, **stats,
@@ -478,7 +485,7 @@ def train(cfg, credit=grpo_credit, loss_fn=grpo_loss, edit_rollouts=None):
 
 
 def main(config_cls=GRPOConfig, argv=None, **method):
-    """CLI entry point; `method` holds the seams an algorithm file replaces (credit, loss_fn, edit_rollouts)."""
+    """CLI entry point; `method` holds the seams an algorithm file replaces (its METHOD)."""
     cfg = parse_config(config_cls, argv)
     try:
         summary = train(cfg, **method)

@@ -16,6 +16,8 @@ def load_policy(path, cfg, device):
     generation_config.eos_token_id is set to every stop token (collect_stop_ids), so that sampling,
     masks and rewards all end a response at the same place."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()  # one bar per run is ours; loading a checkpoint's shards would add more
     if path.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(path)):
         raise ValueError(f"--model {path}: no such directory; give a directory written by save_pretrained, or a model id")
     try:

@@ -108,12 +108,35 @@ def test_cepo_end_to_end(tiny_cfg):
     for teacher in ("cepo", "rlsd"):
         cfg = tiny_cfg(cepo.CEPOConfig, teacher=teacher, lambda_decay_steps=2, max_steps=3,
                        output_dir=tiny_cfg().output_dir + teacher)
-        gb.train(cfg, credit=cepo.cepo_credit)
+        gb.train(cfg, **cepo.METHOD)
         with open(os.path.join(cfg.output_dir, "metrics.jsonl")) as f:
-            steps = [json.loads(line) for line in f][1:]
+            start, *steps = [json.loads(line) for line in f]
+        assert abs(start["hint_contrast_nats"]) < 1e3 and 0 <= start["hint_contrast_wins"] <= 1  # the preflight ran
         assert [m["lambda"] for m in steps] == [0.5, 0.25, 0.0]
         assert "teacher_rows" not in steps[2]  # λ = 0: no teacher pass
         assert all(m["skipped_updates"] == 0 for m in steps)
         scored = [m for m in steps if "teacher_rows" in m]
         assert scored and all(0 <= m["w_clip_frac"] <= 1 and 0 <= m["against_frac"] <= 1 for m in scored)
         assert "r+ = " in open(os.path.join(cfg.output_dir, "credit.html")).read()
+
+
+def test_hint_check_warns_when_the_model_ignores_the_hint(tiny_cfg, tiny_policy, capsys, monkeypatch):
+    cfg = tiny_cfg(cepo.CEPOConfig)
+    model, tok, _, eval_rows = tiny_policy(cfg)
+    checks = cepo.hint_check(model, tok, eval_rows, cfg)
+    assert checks["hint_contrast_nats"] > 0, "the warm start was taught to read the hint"
+    assert "warning" not in capsys.readouterr().err
+    monkeypatch.setattr(cepo, "hint_contrast", lambda *a: (-0.4, 0.3))
+    assert cepo.hint_check(model, tok, eval_rows, cfg) == {"hint_contrast_nats": -0.4, "hint_contrast_wins": 0.3}
+    assert "warning: this model does not read CEPO's answer hints" in capsys.readouterr().err
+    assert cepo.hint_check(model, tok, [{**r, "solution": None} for r in eval_rows], cfg) == {}
+    assert "hint check skipped" in capsys.readouterr().out
+
+
+def test_hint_template_needs_a_place_for_the_answer():
+    try:
+        cepo.CEPOConfig(hint_template="The answer is")
+    except ValueError as e:
+        assert "--hint_template" in str(e) and "{answer}" in str(e)
+    else:
+        raise AssertionError("a hint without the answer was accepted")

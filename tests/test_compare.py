@@ -2,7 +2,11 @@
 import json
 import math
 
+import torch
+
 import compare
+import gold
+import grpo_baseline as gb
 
 
 def fake_run(tmp_path, name, accs, sec):
@@ -28,3 +32,14 @@ def test_aggregate_means_stds_steps_to_target_and_ratios(tmp_path):
     text = compare.table(methods)
     assert "| cepo | 0.600 | 0.900 ± 0.085 | not reached (1/2 seeds did) | 1.500" in text
     assert len(histories["grpo"]) == 2
+
+
+def test_gold_runs_with_grpos_loss_in_the_comparison():
+    """compare isolates the injection: Gold's loss there is GRPO's on any input."""
+    cfg, base = compare.method_config("gold"), gb.GRPOConfig()
+    g = torch.Generator().manual_seed(0)
+    logp, old = -torch.rand(6, 5, generator=g), -torch.rand(6, 5, generator=g)
+    adv, mask = torch.randn(6, 5, generator=g), (torch.rand(6, 5, generator=g) > 0.3).float()
+    ours, theirs = gold.gold_loss(logp, old, adv, mask, cfg, mask.sum()), gb.grpo_loss(logp, old, adv, mask, base, mask.sum())
+    assert ours[0].item() == theirs[0].item() and ours[1] == theirs[1]
+    assert gold.GoldConfig().loss_type != base.loss_type  # gold.py's own default is the paper's

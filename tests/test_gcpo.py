@@ -9,7 +9,9 @@ from hypothesis import given
 
 import gcpo
 import grpo_baseline as gb
+from data import prompt_ids
 from embedded_task import char_tokenizer
+from language_model import completion_logprobs
 
 NORMS = st.sampled_from(["hist", "mean", "softmax"])
 # multiples of 1/8: sums and differences are exact in float64, so shifts and ties are exact too
@@ -108,13 +110,32 @@ def test_hist_alpha_puts_80_percent_of_weight_on_the_top_40_percent():
 def test_negative_prompts_for_the_embedded_task_and_a_chat_template():
     tok = char_tokenizer()
     row = {"question": "1+2+3+4", "answer": "10", "blank_question": "?+?+?+?"}
-    assert tok.decode(gcpo.negative_prompt(tok, row, "wrong_answer", "")) == "1+2+3+4 Give a wrong answer.\n"
-    assert tok.decode(gcpo.negative_prompt(tok, row, "empty_prompt", "")) == "?+?+?+?\n"
+    cfg = gcpo.GCPOConfig()
+    assert tok.decode(gcpo.negative_prompt(tok, row, cfg)) == "1+2+3+4 Give a wrong answer.\n"
+    assert tok.decode(gcpo.negative_prompt(tok, row, gcpo.GCPOConfig(negative="empty_prompt"))) == "?+?+?+?\n"
     tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
     real = {"question": "What is 1+2?", "answer": "3", "blank_question": None}
-    assert tok.decode(gcpo.negative_prompt(tok, real, "empty_prompt", " Think.")) == "<user>Answer the question. Think.<assistant>"
-    assert tok.decode(gcpo.negative_prompt(tok, real, "wrong_answer", " Think.")) == \
-        "<user>What is 1+2? Think. Give a wrong answer.<assistant>"
+    real_cfg = gcpo.GCPOConfig(model="some/model", instruction=" Think.")
+    assert tok.decode(gcpo.negative_prompt(tok, real, gcpo.GCPOConfig(model="m", instruction=" Think.",
+                                                                       negative="empty_prompt"))) == \
+        "<user>Answer the question. Think.<assistant>"
+    assert tok.decode(gcpo.negative_prompt(tok, real, real_cfg)) == \
+        "<user>What is 1+2? Think.\n\nNote: Intentionally generate an incorrect answer.<assistant>"  # the reference's words
+    mine = gcpo.GCPOConfig(model="m", instruction="", negative_instruction=" Be wrong.")
+    assert tok.decode(gcpo.negative_prompt(tok, real, mine)) == "<user>What is 1+2? Be wrong.<assistant>"
+
+
+def test_softmax_is_the_references_scaled_by_the_largest_divergence():
+    """The reference: w = n * softmax(d / max(d) / T) over the valid tokens. Here with k3 divergences
+    computed by hand, so the scale (not the rank) is what the test checks."""
+    logp_pos = torch.zeros(1, 4, dtype=torch.float64)
+    logp_neg = torch.tensor([[0.0, -0.5, -1.0, -2.0]], dtype=torch.float64)
+    mask = torch.ones(1, 4, dtype=torch.float64)
+    u = logp_neg[0]
+    d = torch.exp(u) - u - 1
+    expected = 4 * torch.softmax(d / d.max() / 0.1, 0)
+    w = gcpo.guidance_weights(logp_pos, logp_neg, mask, "softmax", 0.1)[0]
+    assert torch.allclose(w, expected, atol=1e-12) and w.max() > 3.5  # one token takes most of the weight
 
 
 def test_entropy_term_adds_coef_times_mean_nll():
@@ -125,12 +146,65 @@ def test_entropy_term_adds_coef_times_mean_nll():
 
 
 def test_gcpo_end_to_end(tiny_cfg):
-    for negative in ("wrong_answer", "empty_prompt"):
-        cfg = tiny_cfg(gcpo.GCPOConfig, negative=negative, max_steps=2, output_dir=tiny_cfg().output_dir + negative)
-        gb.train(cfg, credit=gcpo.gcpo_credit, loss_fn=gcpo.gcpo_loss)
+    for negative, steps_per_rollout in (("wrong_answer", 1), ("empty_prompt", 2)):
+        cfg = tiny_cfg(gcpo.GCPOConfig, negative=negative, max_steps=2, output_dir=tiny_cfg().output_dir + negative,
+                       num_mini_batches=steps_per_rollout)
+        gb.train(cfg, **gcpo.METHOD)
         with open(os.path.join(cfg.output_dir, "metrics.jsonl")) as f:
             steps = [json.loads(line) for line in f][1:]
         assert all(m["skipped_updates"] == 0 for m in steps)
         scored = [m for m in steps if "div_mean" in m]  # a step whose groups all tie has nothing to score
         assert scored and all(0 <= m["div_mean"] <= 10 and 0 < m["weight_top40_share"] <= 1 for m in scored)
         assert "negative prompt" in open(os.path.join(cfg.output_dir, "credit.html")).read()
+
+
+def rolled_out(tiny_cfg, tiny_policy, **overrides):
+    cfg = tiny_cfg(gcpo.GCPOConfig, **overrides)
+    model, tok, train_rows, _ = tiny_policy(cfg)
+    rows = train_rows[:cfg.prompts_per_step]
+    torch.manual_seed(0)
+    batch, _, _ = gb.rollout(model, tok, rows, [prompt_ids(tok, r["question"]) for r in rows], cfg,
+                             torch.device("cpu"), None)
+    assert (batch.advantages != 0).any()
+    return cfg, model, tok, batch
+
+
+def test_weights_follow_the_policy_from_one_mini_batch_to_the_next(tiny_cfg, tiny_policy):
+    """The reference recomputes lp+ and lp- under the current policy in every mini-batch. Under
+    pi_old, recredit gives the step's credit (lp+ = log pi_old); after the policy moves, it gives
+    (1.3)-(1.5) on the moved policy's log-probs, no longer the stale ones. ('mean' weights are
+    continuous in d, so float noise between batchings cannot flip a rank.)"""
+    cfg, model, tok, batch = rolled_out(tiny_cfg, tiny_policy, weight_norm="mean", num_mini_batches=2)
+    token_adv, _ = gcpo.gcpo_credit(batch, model, tok, cfg, 1)
+    idx = torch.arange(len(batch.rows))[1::2]
+    torch.testing.assert_close(gcpo.gcpo_recredit(batch, idx, model, tok, cfg), token_adv[idx], atol=1e-5, rtol=1e-4)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    fresh = gcpo.gcpo_recredit(batch, idx, model, tok, cfg)
+    live = idx[batch.advantages[idx] != 0]
+    mask = batch.completion_mask[live]
+    logp_pos, _ = completion_logprobs(model, batch.prompt_ids[live], batch.prompt_mask[live], batch.completion_ids[live],
+                                      mask, cfg.temperature, 64)
+    logp_neg, _ = gcpo.negative_logprobs(batch, live, model, tok, cfg)
+    expected = gcpo.gcpo_token_advantages(batch.advantages[live], logp_pos, logp_neg, mask, "mean")
+    torch.testing.assert_close(fresh[batch.advantages[idx] != 0], expected, atol=1e-5, rtol=1e-4)
+    assert (fresh[batch.advantages[idx] == 0] == 0).all()
+    assert not torch.allclose(fresh, token_adv[idx], atol=1e-3)
+
+
+def test_update_recomputes_credit_after_every_optimizer_step_and_never_at_one(tiny_cfg, tiny_policy):
+    cfg, model, tok, batch = rolled_out(tiny_cfg, tiny_policy)
+    token_adv = gb.grpo_token_advantages(batch.advantages, batch.completion_mask)
+    calls = []
+
+    def recredit(idx):
+        calls.append(sorted(idx.tolist()))
+        return token_adv[idx]
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    gb.update(model, optimizer, batch, token_adv, cfg, recredit=recredit)  # the defaults: one step per rollout
+    assert calls == []
+    two_by_two = tiny_cfg(gcpo.GCPOConfig, num_mini_batches=2, num_iterations=2)
+    gb.update(model, optimizer, batch, token_adv, two_by_two, recredit=recredit)
+    assert len(calls) == 3 and all(len(c) == len(batch.rows) // 2 for c in calls)  # steps 2, 3 and 4 of 4

@@ -9,6 +9,7 @@ from hypothesis import given
 
 import gold
 import grpo_baseline as gb
+from data import prompt_ids
 from embedded_task import char_tokenizer
 
 
@@ -132,3 +133,26 @@ def test_gold_end_to_end_injects_into_all_wrong_groups(tiny_cfg):
     for m in steps:
         assert m["gold_injections"] == m["all_wrong_groups"]  # every problem here has a reference
         assert m["ratio_mean"] == 1.0 and m["skipped_updates"] == 0  # the gold member's ratio starts at exactly 1
+
+
+def test_dynamic_sampling_sees_the_injected_group_as_informative(tiny_cfg, tiny_policy, monkeypatch):
+    """Gold edits each group before the filter judges it: round 0 holds an all-wrong group (with a
+    reference) and a mixed one, so after the injection both are informative and no second round
+    is drawn. Were the filter first, it would drop the all-wrong group and resample."""
+    cfg = tiny_cfg(gold.GoldConfig, prompts_per_step=2, dynamic_sampling=True, max_resample_rounds=2)
+    model, tok, train_rows, _ = tiny_policy(cfg)
+    G, queue = cfg.num_generations, [[0.0] * 4 + [1.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0] * 2]
+
+    def fake_sample(model, tokenizer, rows, prompts, cfg, device, stats):
+        rows, prompts = [r for r in rows for _ in range(G)], [p for p in prompts for _ in range(G)]
+        texts = ["#### 0"] * len(rows)
+        ids = torch.tensor([tokenizer(t + tokenizer.eos_token, add_special_tokens=False).input_ids for t in texts])
+        return rows, prompts, ids, torch.ones(ids.shape), texts, torch.tensor(queue.pop(0))
+
+    monkeypatch.setattr(gb, "sample", fake_sample)
+    rows = train_rows[:2]
+    more = lambda round: (train_rows[2:4], [prompt_ids(tok, r["question"]) for r in train_rows[2:4]])  # noqa: E731
+    batch, _, stats = gb.rollout(model, tok, rows, [prompt_ids(tok, r["question"]) for r in rows], cfg,
+                                 torch.device("cpu"), None, gold.inject_reference_solutions, more)
+    assert stats["sampling_rounds"] == 1 and stats["informative_groups"] == 2 and stats["gold_injections"] == 1
+    assert (~batch.sampled).nonzero().squeeze(1).tolist() == [G - 1] and batch.rewards[G - 1] == 1

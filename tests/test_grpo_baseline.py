@@ -130,13 +130,13 @@ def test_keep_informative_groups_prefers_mixed_groups_and_keeps_the_batch_size()
     def fake(rewards, width):
         n = len(rewards)
         return ([{"answer": str(i)} for i in range(n)], [[1]] * n, torch.full((n, width), 7), torch.ones(n, width),
-                [f"t{width}"] * n, torch.tensor(rewards))
+                [f"t{width}"] * n, torch.tensor(rewards), torch.ones(n, dtype=torch.bool))
 
     pool = [fake([1.0, 1.0, 0.0, 1.0], 3), fake([0.0, 0.0, 1.0, 0.0], 5)]  # groups: right, mixed | wrong, mixed
-    (rows, prompts, ids, mask, texts, rewards), stats = gb.keep_informative_groups(pool, 2, G, pad)
+    (rows, prompts, ids, mask, texts, rewards, sampled), stats = gb.keep_informative_groups(pool, 2, G, pad)
     assert rewards.tolist() == [0.0, 1.0, 1.0, 0.0] and stats["informative_groups"] == 2
     assert ids.shape == (4, 5) and mask[:2, 3:].sum() == 0 and ids[0, 3:].tolist() == [pad, pad]
-    (_, _, ids, _, _, rewards), stats = gb.keep_informative_groups(pool[:1], 2, G, pad)  # too few: topped up
+    (_, _, ids, _, _, rewards, _), stats = gb.keep_informative_groups(pool[:1], 2, G, pad)  # too few: topped up
     assert rewards.tolist() == [0.0, 1.0, 1.0, 1.0] and stats["informative_groups"] == 1 and ids.shape == (4, 3)
 
 
