@@ -1,5 +1,14 @@
-"""The embedded default: an arithmetic task, a character tokenizer and a tiny Llama warm-started
+"""The embedded default: two arithmetic tasks, a character tokenizer and a tiny Llama warm-started
 from scratch, so that every method runs in minutes on a CPU with no model hub.
+
+- `chain` (--task chain, the default and the benchmark's): add 4 digits, a running sum per line,
+  and every line opens with a two-letter tag the reward ignores, free in the corpus (uniform over
+  FREE_LETTERS); 70% of the addition facts are confusable (confusable_slip), so the warm start
+  starts at 0.4-0.5. A response has tokens of every kind, and the task knows which is which
+  (token_roles): decisive (the computed sums and the final answer: where the corpus's slips
+  happen and the reward is decided), free (the tags), copied (operands, carried totals), structure.
+- `sum` (--task sum): the same without tags, 40% confusable facts (warm start about 0.65).
+  Shorter and easier: for tests and quick runs.
 
 Built through the same public APIs as a real run (`datasets.Dataset`, a Hugging Face tokenizer,
 `LlamaForCausalLM` saved with `save_pretrained` and loaded back with `AutoModelForCausalLM`).
@@ -11,6 +20,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import string
 
@@ -27,7 +37,10 @@ WRONG_ANSWER_INSTRUCTION = " Give a wrong answer."  # GCPO's negative 'wrong_ans
 EMPTY_QUESTION = "Answer the question."             # GCPO's negative 'empty_prompt' when a row has no blank_question
 
 
-def arithmetic_problem(rng, operands, max_operand):
+FREE_LETTERS = "pqrstuvw"  # chain: each line's tag is two of these, drawn uniformly
+
+
+def arithmetic_problem(rng, operands, max_operand, tagged=False):
     """One embedded problem: add `operands` numbers, with a worked running-sum solution.
 
     The answer field is shaped like GSM8K's: the worked solution, then '#### <final>'.
@@ -35,32 +48,74 @@ def arithmetic_problem(rng, operands, max_operand):
     """
     nums = [rng.randint(0, max_operand) for _ in range(operands)]
     return {"question": "+".join(map(str, nums)),
-            "answer": running_sum_solution(nums),
+            "answer": running_sum_solution(nums, tag=free_tags(rng) if tagged else None),
             "blank_question": "+".join("?" * len(str(n)) for n in nums)}
 
 
-def running_sum_solution(nums, slip=None):
+def free_tags(rng):
+    return lambda k: rng.choice(FREE_LETTERS) + rng.choice(FREE_LETTERS) + " "
+
+
+def running_sum_solution(nums, slip=None, tag=None):
     """'3+5=8\\n8+8=16\\n#### 16'. slip(k, total, n) -> an offset added to step k's sum (a mistake;
-    the chain then goes on from the wrong total)."""
+    the chain then goes on from the wrong total); tag(k) -> the text line k opens with ('pq ')."""
     lines, total = [], nums[0]
     for k, n in enumerate(nums[1:]):
         new = total + n + (slip(k, total, n) if slip else 0)
-        lines.append(f"{total}+{n}={new}")
+        lines.append(f"{tag(k) if tag else ''}{total}+{n}={new}")
         total = new
     return "\n".join(lines) + f"\n#### {total}"
 
 
-CONFUSABLE_SHARE = 0.4  # of the addition facts, written wrong half of the time in the warm-start corpus
+_STEP = re.compile(r"([a-z]*)( ?)(\d+)(\+)(\d+)(=)(\d+)")
+_FINAL = re.compile(r"(#### )(\d+)")
+_ROLES = {_STEP: "fscscsd", _FINAL: "sd"}  # per regex group: free, structure, copied, decisive
 
 
-def confusable_slip(rng):
-    """The warm start's imperfect knowledge: a fixed 40% of the facts 'total+n' are written off by
-    a fixed ±1 in half of the corpus's solutions. A model trained on it to convergence has seen
+def token_roles(text):
+    """One role letter per character of a response: 'd' decisive (computed sums, the final
+    answer), 'f' free (tags), 'c' copied (operands, carried totals), 's' structure (the rest,
+    and anything that does not parse)."""
+    roles = ["s"] * len(text)
+    start = 0
+    for line in text.split("\n"):
+        m = _STEP.fullmatch(line) or _FINAL.fullmatch(line)
+        for g, role in enumerate(_ROLES[m.re] if m else "", 1):
+            roles[start + m.start(g):start + m.end(g)] = role * (m.end(g) - m.start(g))
+        start += len(line) + 1
+    return "".join(roles)
+
+
+def credit_ground_truth(completion_ids, mask, advantages, token_adv, entropy, tokenizer):
+    """Credit against the task's ground truth, over the responses with A != 0: the share of |Â| on
+    decisive tokens, and the share GRPO's uniform credit (|A_i| on every token) would give them;
+    and the policy's entropy on the free tags (does credit collapse choices that do not matter?).
+    completion_ids, mask, token_adv, entropy (N, L); advantages (N,)."""
+    roles = torch.zeros_like(mask, dtype=torch.long)  # 0 structure, 1 decisive, 2 free, 3 copied
+    for i, ids in enumerate(completion_ids.tolist()):
+        text = "".join(t if len(t) == 1 else "\n" for t in tokenizer.convert_ids_to_tokens(ids))  # 1:1, EOS ends a line
+        roles[i] = torch.tensor(["sdfc".index(r) for r in token_roles(text)])
+    valid = (mask > 0) & (advantages != 0)[:, None]
+    decisive, free = valid & (roles == 1), (mask > 0) & (roles == 2)
+    uniform = advantages.abs()[:, None].expand_as(mask)
+    out = {"free_tag_entropy": entropy[free].mean().item()} if free.any() else {}
+    if valid.any():
+        out.update(decisive_credit_share=(token_adv.abs()[decisive].sum() / token_adv.abs()[valid].sum()).item(),
+                   decisive_credit_share_uniform=(uniform[decisive].sum() / uniform[valid].sum()).item())
+    return out
+
+
+CONFUSABLE_SHARE = {"sum": 0.4, "chain": 0.7}  # of the addition facts, written wrong half of the time in the corpus
+
+
+def confusable_slip(rng, share):
+    """The warm start's imperfect knowledge: a fixed share of the facts 'total+n' (CONFUSABLE_SHARE)
+    are written off by a fixed ±1 in half of the corpus's solutions. A model trained on it to convergence has seen
     both answers of those facts and is unsure between them, so it is partially competent, for a
     reason RL can fix: it samples both, and the reward tells them apart."""
     def slip(k, total, n):
         fact = random.Random(f"{total}+{n}")
-        return fact.choice([-1, 1]) if fact.random() < CONFUSABLE_SHARE and rng.random() < 0.5 else 0
+        return fact.choice([-1, 1]) if fact.random() < share and rng.random() < 0.5 else 0
     return slip
 
 
@@ -73,7 +128,7 @@ def make_arithmetic_task(cfg, train_size=4000):
     rng = random.Random(1234)  # the task is fixed; cfg.seed varies the RL run, not the problems
     rows, seen = [], set()
     while len(rows) < train_size + cfg.eval_size:
-        row = arithmetic_problem(rng, cfg.task_operands, cfg.task_max_operand)
+        row = arithmetic_problem(rng, cfg.task_operands, cfg.task_max_operand, tagged=cfg.task == "chain")
         if row["question"] not in seen:
             seen.add(row["question"])
             rows.append(row)
@@ -107,8 +162,8 @@ def warm_start_corpus(rng, row, cfg):
       a random step, and the question with its operands blanked (5%), answered with a solution.
     """
     nums = [int(n) for n in row["question"].split("+")]
-    slip = confusable_slip(rng)
-    solution = running_sum_solution(nums, slip)
+    slip, tag = confusable_slip(rng, CONFUSABLE_SHARE[cfg.task]), free_tags(rng) if cfg.task == "chain" else None
+    solution = running_sum_solution(nums, slip, tag)
     written = int(extract_answer(solution))
     u = rng.random()
     if u < 0.10:
@@ -118,7 +173,7 @@ def warm_start_corpus(rng, row, cfg):
         return row["question"] + "\n" + ANSWER_HINT.format(answer=hint), solution.rsplit("####", 1)[0] + f"#### {hint}"
     if u < 0.40:
         step, error = rng.randrange(len(nums) - 1), rng.choice([-3, -2, -1, 1, 2, 3])
-        wrong = running_sum_solution(nums, lambda k, total, n: slip(k, total, n) + (error if k == step else 0))
+        wrong = running_sum_solution(nums, lambda k, total, n: slip(k, total, n) + (error if k == step else 0), tag)
         return row["question"] + WRONG_ANSWER_INSTRUCTION + "\n", wrong
     if u < 0.45:
         return row["blank_question"] + "\n", solution
@@ -128,18 +183,18 @@ def warm_start_corpus(rng, row, cfg):
 def warm_start(cfg, train_rows, eval_rows, device):
     """Path of the embedded model: a tiny Llama trained from scratch on the task to partial
     competence, cached on disk keyed by everything that shapes it (so every method and seed
-    starts from the same weights)."""
+    starts from the same weights); --warm_start_seed draws an independent one."""
     from transformers import LlamaConfig, LlamaForCausalLM
     tokenizer = char_tokenizer()
-    spec = {"version": 9, "confusable": CONFUSABLE_SHARE, "layers": 4, "hidden": 128, "heads": 4, "steps": cfg.warm_start_steps,
+    spec = {"version": 10, "confusable": CONFUSABLE_SHARE[cfg.task], "layers": 4, "hidden": 128, "heads": 4, "steps": cfg.warm_start_steps,
             "batch": 64, "lr": 3e-3, "operands": cfg.task_operands, "max_operand": cfg.task_max_operand,
-            "vocab": tokenizer.get_vocab()}
+            "vocab": tokenizer.get_vocab(), "task": cfg.task, "seed": cfg.warm_start_seed}
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
     path = os.path.join(cfg.cache_dir, f"warmstart-{key}")
     if os.path.exists(os.path.join(path, "warm_start.json")):
         return path
-    torch.manual_seed(0)
-    rng = random.Random(0)
+    torch.manual_seed(cfg.warm_start_seed)
+    rng = random.Random(cfg.warm_start_seed)
     model = LlamaForCausalLM(LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=spec["hidden"], intermediate_size=4 * spec["hidden"],
         num_hidden_layers=spec["layers"], num_attention_heads=spec["heads"], max_position_embeddings=256,

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from checkpoint import load_checkpoint, metrics_until, run_paths, save_checkpoint
 from data import check_answer, encode_prompts, evaluate, load_rows, resolve_instruction
-from embedded_task import make_arithmetic_task, warm_start
+from embedded_task import credit_ground_truth, make_arithmetic_task, warm_start
 from language_model import completion_logprobs, generate, load_policy, pad_batch, stop_ids, unfinished
 from report import credit_examples, history_last, peak_memory_mb, reset_peak_memory, write_run_report
 
@@ -62,9 +62,9 @@ class GRPOConfig:
     trust_remote_code: bool = opt(False, "allow a model repo to run its own code")
     max_prompt_length: int = opt(512, "prompts longer than this (in tokens) are skipped, with a count")
     # --- rollout ---
-    prompts_per_step: int = opt(16, "distinct prompts per RL step (B); a step has B * num_generations responses")
+    prompts_per_step: int = opt(8, "distinct prompts per RL step (B); a step has B * num_generations responses")
     num_generations: int = opt(8, "responses per prompt, the group size G")
-    max_completion_length: int = opt(48, "max new tokens per response")
+    max_completion_length: int = opt(64, "max new tokens per response")
     temperature: float = opt(1.0, "sampling temperature; log-probs are computed at the same temperature")
     # --- GRPO loss ---
     learning_rate: float = opt(1e-4, "AdamW learning rate (embedded default: >= 3e-4 collapses the tiny model)")
@@ -86,9 +86,9 @@ class GRPOConfig:
     max_resample_rounds: int = opt(3, "with --dynamic_sampling: at most this many extra sampling rounds per step; "
                                    "then uninformative groups fill the batch")
     # --- schedule, evaluation, checkpoints ---
-    max_steps: int = opt(100, "RL steps")
-    eval_steps: int = opt(20, "greedy held-out evaluation every this many steps (and at 0 and the end)")
-    eval_size: int = opt(300, "held-out problems to evaluate on")
+    max_steps: int = opt(60, "RL steps")
+    eval_steps: int = opt(10, "greedy held-out evaluation every this many steps (and at 0 and the end)")
+    eval_size: int = opt(200, "held-out problems to evaluate on")
     save_steps: int = opt(20, "checkpoint every this many steps")
     output_dir: str = opt("runs/grpo", OUTPUT_DIR_HELP)
     overwrite_output_dir: bool = opt(False, "start afresh even if output_dir holds a run")
@@ -96,9 +96,12 @@ class GRPOConfig:
     seed: int = opt(0, "seed for sampling and prompt order")
     # --- the embedded default ---
     cache_dir: str = opt("cache", "where the embedded warm start is cached, keyed by its config")
+    task: str = opt("chain", "embedded task: 'chain' (free tags, 70% confusable facts: the benchmark's) or 'sum' (easier)",
+                    choices=("chain", "sum"))
     task_operands: int = opt(4, "embedded task: numbers to add per problem")
     task_max_operand: int = opt(9, "embedded task: operands are drawn from 0..this")
     warm_start_steps: int = opt(500, "embedded task: supervised steps of the warm start")
+    warm_start_seed: int = opt(0, "embedded task: seed of the warm start (each seed is an independent draw, cached)")
 
     # options that may differ when a run is resumed (everything else must match the checkpoint)
     RESUMABLE = ("resume", "max_steps", "eval_steps", "save_steps", "overwrite_output_dir")
@@ -109,21 +112,17 @@ class GRPOConfig:
             if not ok:
                 bad.append(f"--{flag}={getattr(self, flag)!r}: {why}")
         need(self.num_generations >= 2, "num_generations", "a group needs at least 2 responses to have a baseline")
-        need(self.prompts_per_step >= 1, "prompts_per_step", "must be >= 1")
-        need(self.max_completion_length >= 1, "max_completion_length", "must be >= 1")
-        need(self.max_prompt_length >= 1, "max_prompt_length", "must be >= 1")
         need(math.isfinite(self.temperature) and self.temperature > 0, "temperature", "must be > 0")
         need(math.isfinite(self.learning_rate) and self.learning_rate > 0, "learning_rate", "must be > 0")
         need(self.max_grad_norm > 0, "max_grad_norm", "must be > 0")
         need(0 < self.epsilon < 1, "epsilon", "must be in (0, 1)")
         need(self.epsilon_high > 0, "epsilon_high", "must be > 0")
-        need(self.num_iterations >= 1, "num_iterations", "must be >= 1")
         need(self.num_mini_batches >= 1 and (self.prompts_per_step * self.num_generations) % self.num_mini_batches == 0,
              "num_mini_batches", f"must divide prompts_per_step * num_generations = {self.prompts_per_step * self.num_generations}")
-        for flag in ("micro_batch_size", "generation_batch_size", "max_steps", "eval_steps", "eval_size", "save_steps",
-                     "task_operands", "task_max_operand"):
+        for flag in ("prompts_per_step", "max_completion_length", "max_prompt_length", "num_iterations", "micro_batch_size",
+                     "generation_batch_size", "max_steps", "eval_steps", "eval_size", "save_steps", "task_operands", "task_max_operand"):
             need(getattr(self, flag) >= 1, flag, "must be >= 1")
-        for flag in ("weight_decay", "beta", "warm_start_steps", "max_resample_rounds"):
+        for flag in ("weight_decay", "beta", "warm_start_steps", "max_resample_rounds", "warm_start_seed"):
             need(getattr(self, flag) >= 0, flag, "must be >= 0")
         for f in dataclasses.fields(self):
             if "choices" in f.metadata:
@@ -176,6 +175,7 @@ class Rollouts:
     ref_logp: torch.Tensor = None  # (N, L) log pi_ref when beta > 0
     group_size: int = 1
     sampled: torch.Tensor = None   # (N,) bool: False for responses the policy did not sample (gold's)
+    entropy: torch.Tensor = None   # (N, L) the policy's entropy at each response position
     notes: list = None             # (N,) what the credit scored each response under, for the picture
 
 
@@ -228,7 +228,6 @@ def rollout(model, tokenizer, rows, prompts, cfg, device, ref_model, edit_rollou
     G = cfg.num_generations
     t0 = time.perf_counter()
     stats = {}
-
     def draw(rows, prompts):  # the method edits each group before dynamic sampling judges it (Gold's must)
         rows, prompts, ids, mask, texts, rewards = sample(model, tokenizer, rows, prompts, cfg, device, stats)
         sampled = torch.ones_like(rewards, dtype=torch.bool)
@@ -256,7 +255,7 @@ def rollout(model, tokenizer, rows, prompts, cfg, device, ref_model, edit_rollou
         ref_logp, _ = completion_logprobs(ref_model, p_ids, p_mask, completion_ids, mask, cfg.temperature,
                                           cfg.micro_batch_size)
     batch = Rollouts(rows, prompts, p_ids, p_mask, completion_ids, mask, texts, rewards, advantages, old_logp, ref_logp,
-                     G, sampled)
+                     G, sampled, entropy=entropy)
     own = sampled.nonzero().squeeze(1).tolist()  # metrics describe the policy's own samples only
     stats = {**stats, "reward": rewards[sampled].mean().item(),
              "entropy": ((entropy * mask)[sampled].sum() / mask[sampled].sum()).item(),
@@ -419,7 +418,6 @@ def train(cfg, credit=grpo_credit, loss_fn=grpo_loss, edit_rollouts=None, recred
     preflight(model, tokenizer, eval_rows, cfg) -> metrics for the step-0 record (cepo.py)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     ckpt_path, metrics_path = run_paths(cfg)
-
     train_rows, eval_rows = load_task(cfg)
     model_path = cfg.model or warm_start(cfg, train_rows, eval_rows, device)
     model, tokenizer = load_policy(model_path, cfg, device)
@@ -468,6 +466,9 @@ def train(cfg, credit=grpo_credit, loss_fn=grpo_loss, edit_rollouts=None, recred
                    "zero_adv_groups": (batch.advantages.view(-1, batch.group_size).abs().sum(1) == 0).sum().item(),
                    **credit_stats, **upd, **times, "t_credit": t1 - t0, "t_update": t2 - t1,
                    "peak_mem_mb": peak_memory_mb(device)}
+        if not (cfg.model or cfg.dataset):  # the embedded task knows which tokens decide the reward
+            metrics.update(credit_ground_truth(batch.completion_ids, batch.completion_mask, batch.advantages, token_adv,
+                                               batch.entropy, tokenizer))
         if upd["skipped_updates"]:
             print(f"[train] step {step}: skipped {upd['skipped_updates']} update(s) with a non-finite loss or gradient",
                   file=sys.stderr)

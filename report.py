@@ -133,28 +133,33 @@ def summarize(history):
             "peak_mem_mb": max((m["peak_mem_mb"] for m in steps), default=0.0)}
 
 
+PANELS = {"reward": "sampled reward", "eval_acc": "held-out greedy accuracy",
+          "decisive_credit_share": "share of |Â| on decisive tokens", "free_tag_entropy": "entropy on the free tags (nats)"}
+
+
 def plot_curves(runs, path):
-    """Sampled reward and held-out greedy accuracy against step: {name: [metrics of each seed]},
-    one line per name (the mean over its runs) with a band of one standard deviation."""
+    """Each of PANELS that the runs logged, against step: {name: [metrics of each run]}, one line
+    per name (the mean over its runs) with a band of one standard deviation. Noisy per-step
+    metrics are shown as a 10-step moving average."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
-    for name, histories in runs.items():
-        for axis, key in ((ax[0], "reward"), (ax[1], "eval_acc")):
-            steps = sorted({m["step"] for h in histories for m in h if key in m})
-            per_step = [[m[key] for h in histories for m in h if m["step"] == s and key in m] for s in steps]
+    keys = [k for k in PANELS if any(k in m for hs in runs.values() for h in hs for m in h)]
+    fig, ax = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
+    for axis, key in zip(ax[0], keys):
+        for name, histories in runs.items():
+            steps = sorted({m["step"] for h in histories for m in h if m.get(key) is not None})
+            per_step = [[m[key] for h in histories for m in h if m["step"] == s and m.get(key) is not None] for s in steps]
             mean = torch.tensor([sum(v) / len(v) for v in per_step])
             std = torch.tensor([torch.tensor(v).std().item() if len(v) > 1 else 0.0 for v in per_step])
-            if key == "reward" and len(mean) >= 10:  # sampled reward is noisy: a 10-step moving average
-                mean = torch.nn.functional.avg_pool1d(mean[None], 10, 1)[0]
-                std = torch.nn.functional.avg_pool1d(std[None], 10, 1)[0]
+            smooth = key != "eval_acc" and len(mean) >= 10
+            if smooth:
+                mean, std = (torch.nn.functional.avg_pool1d(t[None], 10, 1)[0] for t in (mean, std))
                 steps = steps[9:]
-            (line,) = axis.plot(steps, mean.tolist(), label=name, marker="o" if key == "eval_acc" else None)
+            (line,) = axis.plot(steps, mean.tolist(), label=name, marker=None if smooth else "o")
             axis.fill_between(steps, (mean - std).tolist(), (mean + std).tolist(), color=line.get_color(), alpha=0.2)
-    ax[0].set(title="sampled reward (10-step moving average)", xlabel="step")
-    ax[1].set(title="held-out greedy accuracy", xlabel="step", ylim=(0, 1))
-    ax[1].legend()
+        axis.set(title=PANELS[key], xlabel="step")
+    ax[0][-1].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

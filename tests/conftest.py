@@ -27,7 +27,7 @@ def warm_cache(tmp_path_factory):
 def tiny_cfg(tmp_path, warm_cache):
     """A few-second configuration of the embedded default."""
     def make(config_cls=gb.GRPOConfig, **overrides):
-        kw = dict(cache_dir=warm_cache, output_dir=str(tmp_path / "run"), warm_start_steps=250, eval_size=16,
+        kw = dict(task="sum", cache_dir=warm_cache, output_dir=str(tmp_path / "run"), warm_start_steps=250, eval_size=16,
                   prompts_per_step=4, num_generations=4, max_completion_length=40, max_steps=3, eval_steps=2,
                   save_steps=2, micro_batch_size=8)
         kw.update(overrides)

@@ -39,6 +39,16 @@ def test_a_few_steps_of_grpo_train_and_log(tiny_cfg):
     assert any(not torch.equal(a, b) for a, b in zip(start.parameters(), trained.parameters()))
 
 
+def test_the_chain_task_logs_credit_against_its_ground_truth(tiny_cfg):
+    cfg = tiny_cfg(task="chain", max_completion_length=64, max_steps=2, warm_start_steps=150)
+    gb.train(cfg)
+    for m in read_metrics(cfg.output_dir)[1:]:
+        assert m["free_tag_entropy"] >= 0
+        if "decisive_credit_share" in m:  # some group had a contrast: GRPO's credit is uniform, so shares agree
+            assert m["decisive_credit_share"] == pytest.approx(m["decisive_credit_share_uniform"], abs=1e-6)
+            assert 0.05 < m["decisive_credit_share_uniform"] < 0.5
+
+
 def test_ppo_epochs_minibatches_and_kl_run(tiny_cfg):
     cfg = tiny_cfg(num_iterations=2, num_mini_batches=2, beta=0.1, loss_type="seq-mean-token-mean", max_steps=2)
     gb.train(cfg)
