@@ -30,6 +30,8 @@ import time
 import torch
 from tqdm import tqdm
 
+import bench_memory
+import bench_trl
 import cepo
 import gcpo
 import gold
@@ -275,7 +277,8 @@ def credit_pictures(path, cfg, device):
 
 def bench(steps=6):
     """Seconds per step by phase and peak memory of each method, in this one process, on the
-    embedded default and on a larger batch (64 prompts x 16 responses)."""
+    embedded default and on a larger batch (64 prompts x 16 responses); then the memory of
+    scoring and update with a real vocabulary (bench_memory) and our GRPO against TRL's (bench_trl)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"device: {device}; each row: {steps} RL steps after one warm-up step, from the same warm start")
     for label, overrides in (("embedded default (8 x 8)", {}),
@@ -297,6 +300,8 @@ def bench(steps=6):
             base = base or total
             print(f"| {name} | {total:.3f} | " + " | ".join(f"{mean[p]:.3f}" for p in PHASES)
                   + f" | {total / base:.2f}x | {max(m['peak_mem_mb'] for m in timed):.0f} |", flush=True)
+    bench_memory.main()
+    bench_trl.main()
 
 
 def main():

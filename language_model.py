@@ -135,16 +135,25 @@ def generate(model, tokenizer, prompts, cfg, device, greedy=False):
     return completion.to(device), mask.to(device), texts
 
 
+CHUNK_BYTES = 2 ** 27  # 128 MiB of float32 logits per chunk of positions
+LARGE_VOCAB = 16384    # from here on, logits are never materialised for a whole micro-batch
+
+
 def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature,
-                        micro_batch_size, grad=False, entropy=False):
+                        micro_batch_size, grad=False, entropy=False, chunked=None):
     """log pi(y_t | context, y_<t) for every completion token, by teacher forcing.
 
     prompt_ids/prompt_mask (N, P) left-padded; completion_ids/completion_mask (N, L) right-padded.
     Returns (logp (N, L), entropy (N, L) or None), both 0 on padding. Position ids follow the
     mask so a left-padded row scores exactly as it would unpadded. Micro-batched for memory;
-    only the L+1 last positions' logits are materialised.
+    only the L+1 last positions' logits are materialised. With a large vocabulary (chunked=None:
+    V >= LARGE_VOCAB and a plain linear LM head) not even those: the LM head and the log-softmax
+    run over chunks of positions (ChunkedTokenLogProb), equal to float rounding.
     """
     L = completion_ids.shape[1]
+    head = model.get_output_embeddings()
+    if chunked is None:
+        chunked = head.weight.shape[0] >= LARGE_VOCAB and plain_lm_head(model)
     logps, entropies = [], []
     with torch.set_grad_enabled(grad):
         for s in range(0, len(prompt_ids), micro_batch_size):
@@ -152,15 +161,68 @@ def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completi
             ids = torch.cat([prompt_ids[s:e], completion_ids[s:e]], 1)
             attn = torch.cat([prompt_mask[s:e], completion_mask[s:e]], 1).long()
             positions = (attn.cumsum(1) - 1).clamp(min=0)
-            with autocast(ids.device):
-                logits = model(input_ids=ids, attention_mask=attn, position_ids=positions,
-                               logits_to_keep=L + 1).logits[:, :-1]
-            logits = logits.float() / temperature
-            logp_all = logits.log_softmax(-1)
             valid = completion_mask[s:e] > 0
-            logp = logp_all.gather(-1, completion_ids[s:e, :, None]).squeeze(-1)
+            with autocast(ids.device):
+                if chunked:
+                    hidden = model.base_model(input_ids=ids, attention_mask=attn, position_ids=positions).last_hidden_state
+                    hidden = hidden[:, -L - 1:-1].reshape(-1, hidden.shape[-1])
+                    chunk = max(1, CHUNK_BYTES // (4 * head.weight.shape[0]))
+                    logp, ent = ChunkedTokenLogProb.apply(hidden, head.weight, completion_ids[s:e].reshape(-1),
+                                                          temperature, chunk)
+                    logp, ent = logp.view(valid.shape), ent.view(valid.shape)
+                else:
+                    logits = model(input_ids=ids, attention_mask=attn, position_ids=positions,
+                                   logits_to_keep=L + 1).logits[:, :-1]
+            if not chunked:
+                logp_all = (logits.float() / temperature).log_softmax(-1)
+                logp = logp_all.gather(-1, completion_ids[s:e, :, None]).squeeze(-1)
+                ent = -(logp_all.exp() * logp_all).sum(-1) if entropy else None
             logps.append(torch.where(valid, logp, 0.0))
             if entropy:
-                ent = -(logp_all.exp() * logp_all).sum(-1)
                 entropies.append(torch.where(valid, ent, 0.0).detach())
     return torch.cat(logps), (torch.cat(entropies) if entropy else None)
+
+
+def plain_lm_head(model):
+    """Whether logits are exactly base_model(...) @ W^T: a linear head without bias, and none of
+    the logit scalings some architectures add (soft-capping, a scale)."""
+    head, config = model.get_output_embeddings(), model.config
+    return (isinstance(head, torch.nn.Linear) and head.bias is None and model.base_model is not model
+            and not any(getattr(config, k, None) for k in ("final_logit_softcapping", "logit_scale", "logits_scaling")))
+
+
+class ChunkedTokenLogProb(torch.autograd.Function):
+    """log softmax(h W^T / T)[y] and the entropy of softmax(h W^T / T), over chunks of positions:
+    no (n, V) tensor outlives its chunk, in the forward or in the backward (which recomputes the
+    chunk's logits from h). hidden (n, H), weight (V, H), targets (n,) -> logp (n,), entropy (n,),
+    float32; the entropy carries no gradient. log pi(y) = logit_y - logsumexp(logits)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, temperature, chunk):
+        logp, lse, ent = (torch.empty(len(hidden), device=hidden.device) for _ in range(3))
+        with torch.autocast(hidden.device.type, enabled=False):  # the backward recomputes these logits exactly
+            for s in range(0, len(hidden), chunk):
+                logits = (hidden[s:s + chunk].to(weight.dtype) @ weight.T).float() / temperature
+                lse[s:s + chunk] = logits.logsumexp(-1)
+                logp[s:s + chunk] = logits.gather(1, targets[s:s + chunk, None]).squeeze(1) - lse[s:s + chunk]
+                probs = (logits - lse[s:s + chunk, None]).exp()
+                ent[s:s + chunk] = lse[s:s + chunk] - (probs * logits).sum(-1)
+        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.temperature, ctx.chunk = temperature, chunk
+        ctx.mark_non_differentiable(ent)
+        return logp, ent
+
+    @staticmethod
+    def backward(ctx, grad_logp, _):
+        hidden, weight, targets, lse = ctx.saved_tensors
+        grad_hidden = torch.zeros_like(hidden)
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+        with torch.autocast(hidden.device.type, enabled=False):
+            for s in range(0, len(hidden), ctx.chunk):
+                h, g = hidden[s:s + ctx.chunk].to(weight.dtype), grad_logp[s:s + ctx.chunk, None]
+                probs = ((h @ weight.T).float() / ctx.temperature - lse[s:s + ctx.chunk, None]).exp()
+                grad = (-probs * g).scatter_add_(1, targets[s:s + ctx.chunk, None], g) / ctx.temperature  # (onehot - p) g / T
+                grad_hidden[s:s + ctx.chunk] = grad.to(weight.dtype) @ weight
+                if grad_weight is not None:
+                    grad_weight += grad.T @ h.float()
+        return grad_hidden, grad_weight if grad_weight is None else grad_weight.to(weight.dtype), None, None, None

@@ -151,3 +151,29 @@ def test_every_method_trains_a_real_vocabulary_model_on_real_gsm8k_rows(qwen_run
         assert m["skipped_updates"] == 0 and m["verify_timeouts"] == 0
         if method == "gold":  # a random model is always wrong: every group gets its real reference solution
             assert m["gold_injections"] == cfg.prompts_per_step and m["grad_norm"] > 0
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_chunked_log_softmax_equals_the_full_one_on_a_152k_vocabulary(tie):
+    """The large-vocabulary path (LM head and log-softmax over chunks of positions, logits
+    recomputed in the backward) gives the full path's log-probs, entropies and gradients."""
+    from embedded_task import char_tokenizer
+    from language_model import LARGE_VOCAB, completion_logprobs, plain_lm_head
+    model = qwen(hidden=32, tie=tie)
+    assert plain_lm_head(model) and len(char_tokenizer()) < LARGE_VOCAB  # the embedded model keeps the full path
+    g = torch.Generator().manual_seed(0)
+    prompt_ids, completion_ids = torch.randint(0, 151936, (3, 5), generator=g), torch.randint(0, 151936, (3, 7), generator=g)
+    prompt_mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 1, 1, 1, 1]]).float()
+    completion_mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5]).float()
+    results = {}
+    for chunked in (False, True):
+        model.zero_grad()
+        logp, ent = completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask, 0.7, 2,
+                                        grad=True, entropy=True, chunked=chunked)
+        (logp * torch.linspace(-1, 1, 7)).sum().backward()  # any weighting of the tokens
+        results[chunked] = logp.detach(), ent, [p.grad.clone() for p in model.parameters()]
+    (lp_full, ent_full, grads_full), (lp, ent, grads) = results[False], results[True]
+    torch.testing.assert_close(lp, lp_full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ent, ent_full, atol=1e-5, rtol=1e-5)
+    for a, b in zip(grads, grads_full):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
