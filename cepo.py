@@ -24,6 +24,7 @@ reference uses the literal string "None" as r-; we take the next rejected rollou
 parsable answer, and use r- = r+ (Δ = 0: GRPO) if there is none. docs/cepo.md lists the rest.
 `--teacher rlsd` replaces P- by the student's own P(y_t | x, y_<t) (RLSD, arXiv 2604.03128).
 """
+import functools
 import sys
 from dataclasses import dataclass
 
@@ -121,9 +122,10 @@ def cepo_credit(batch, model, tokenizer, cfg, step):
     live = [i for i in range(len(batch.rows)) if batch.advantages[i] != 0 and (rlsd or r_minus[i // G] is not None)]
     if lam == 0 or not live:  # (2.4): no teacher pass at all
         return token_adv, {"lambda": lam}
-    contexts = [batch.prompts[i] + hint_ids(tokenizer, batch.rows[i]["answer"], cfg) for i in live]  # P+
+    hint = functools.lru_cache(maxsize=None)(lambda answer: hint_ids(tokenizer, answer, cfg))  # tokenized once each
+    contexts = [batch.prompts[i] + hint(batch.rows[i]["answer"]) for i in live]  # P+
     if not rlsd:
-        contexts += [batch.prompts[i] + hint_ids(tokenizer, r_minus[i // G], cfg) for i in live]  # P-, same pass
+        contexts += [batch.prompts[i] + hint(r_minus[i // G]) for i in live]  # P-, in the same pass
     scored_idx = torch.tensor(live, device=token_adv.device)
     completion_ids, mask = batch.completion_ids[scored_idx], batch.completion_mask[scored_idx]
     teachers = len(contexts) // len(live)

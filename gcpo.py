@@ -138,8 +138,11 @@ def resolve_negative_instruction(cfg):
 
 def negative_logprobs(batch, rows, model, tokenizer, cfg):
     """(1.2) lp- of the responses `rows` (1-D index tensor): one no-grad, micro-batched forward of
-    x- ⊕ y. Returns (lp- (n, L), the negative prompts' token ids)."""
-    negatives = [negative_prompt(tokenizer, batch.rows[i], cfg) for i in rows.tolist()]
+    x- ⊕ y. Returns (lp- (n, L), the negative prompts' token ids). A group's members share x-, so
+    it is built once per group."""
+    G = batch.group_size
+    per_group = {g: negative_prompt(tokenizer, batch.rows[g * G], cfg) for g in {i // G for i in rows.tolist()}}
+    negatives = [per_group[i // G] for i in rows.tolist()]
     ids, ids_mask, _, _ = pad_batch(negatives, [[]] * len(negatives), tokenizer.pad_token_id, rows.device)
     logp_neg, _ = completion_logprobs(model, ids, ids_mask, batch.completion_ids[rows], batch.completion_mask[rows],
                                       cfg.temperature, cfg.micro_batch_size)  # (1.2)
@@ -155,8 +158,12 @@ def gcpo_credit(batch, model, tokenizer, cfg, step):
     if not len(live):
         return token_adv, {}
     logp_neg, negatives = negative_logprobs(batch, live, model, tokenizer, cfg)
+    decoded = {}  # for the credit picture, once per group
     for i, ids in zip(live.tolist(), negatives):
-        batch.notes[i] = "negative prompt x-: " + repr(tokenizer.decode(ids, skip_special_tokens=True))
+        g = i // batch.group_size
+        if g not in decoded:
+            decoded[g] = "negative prompt x-: " + repr(tokenizer.decode(ids, skip_special_tokens=True))
+        batch.notes[i] = decoded[g]
     mask = batch.completion_mask[live]
     logp_pos = batch.old_logp[live]  # (1.1)
     adv = batch.advantages[live]
