@@ -34,7 +34,7 @@ import grpo_baseline as gb
 from data import extract_answer, prompt_ids, resolve_instruction
 from embedded_task import ANSWER_HINT
 from grpo_baseline import opt
-from language_model import completion_logprobs, end_of_turn_id, pad_batch
+from language_model import completion_logprobs, pad_batch, solution_logprob_gap
 
 REFERENCE_HINT = " {answer}"  # the reference's hint for real models: the bare answer
 HINT_CHECK_ROWS = 64
@@ -160,15 +160,11 @@ def hint_contrast(model, tokenizer, rows, cfg):
     Returns (mean difference per solution, fraction of rows where the correct hint wins)."""
     instruction = resolve_instruction(cfg)
     prompts = [prompt_ids(tokenizer, r["question"], instruction) for r in rows]
-    end = end_of_turn_id(tokenizer)
-    responses = [tokenizer(r["solution"], add_special_tokens=False).input_ids + [end] for r in rows]
     wrong = [str(int(r["answer"]) + 1) if r["answer"].lstrip("-").isdigit() else r["answer"] + "0" for r in rows]
-    contexts = ([p + hint_ids(tokenizer, r["answer"], cfg) for p, r in zip(prompts, rows)]
-                + [p + hint_ids(tokenizer, w, cfg) for p, w in zip(prompts, wrong)])
-    device = next(model.parameters()).device
-    _, _, completion_ids, mask = pad_batch(prompts, responses, tokenizer.pad_token_id, device)
-    logp = teacher_logprobs(model, tokenizer, contexts, completion_ids.repeat(2, 1), mask.repeat(2, 1), cfg).sum(1)
-    diff = logp[:len(rows)] - logp[len(rows):]
+    diff = solution_logprob_gap(model, tokenizer, [r["solution"] for r in rows],
+                                [p + hint_ids(tokenizer, r["answer"], cfg) for p, r in zip(prompts, rows)],
+                                [p + hint_ids(tokenizer, w, cfg) for p, w in zip(prompts, wrong)],
+                                cfg.temperature, cfg.micro_batch_size)
     return diff.mean().item(), (diff > 0).float().mean().item()
 
 

@@ -33,7 +33,7 @@ import grpo_baseline as gb
 from data import prompt_ids, resolve_instruction
 from embedded_task import EMPTY_QUESTION, WRONG_ANSWER_INSTRUCTION
 from grpo_baseline import opt
-from language_model import completion_logprobs, end_of_turn_id, pad_batch
+from language_model import completion_logprobs, pad_batch, solution_logprob_gap
 
 TOP_SHARE, TOP_WEIGHT = 0.4, 0.8  # (1.4): x and y
 REFERENCE_WRONG_ANSWER = "\n\nNote: Intentionally generate an incorrect answer."  # the reference's x- wording
@@ -217,14 +217,10 @@ def negative_contrast(model, tokenizer, rows, cfg):
     solution under x minus under x- (--negative), averaged: > 0 when x- makes it less likely,
     i.e. when the guidance the methods contrast actually guides the model."""
     instruction = resolve_instruction(cfg)
-    end = end_of_turn_id(tokenizer)
-    contexts = ([prompt_ids(tokenizer, r["question"], instruction) for r in rows]
-                + [negative_prompt(tokenizer, r, cfg) for r in rows])
-    responses = [tokenizer(r["solution"], add_special_tokens=False).input_ids + [end] for r in rows] * 2
-    device = next(model.parameters()).device
-    ids, mask, completion_ids, completion_mask = pad_batch(contexts, responses, tokenizer.pad_token_id, device)
-    logp, _ = completion_logprobs(model, ids, mask, completion_ids, completion_mask, cfg.temperature, cfg.micro_batch_size)
-    return (logp[:len(rows)].sum(1) - logp[len(rows):].sum(1)).mean().item()
+    return solution_logprob_gap(model, tokenizer, [r["solution"] for r in rows],
+                                [prompt_ids(tokenizer, r["question"], instruction) for r in rows],
+                                [negative_prompt(tokenizer, r, cfg) for r in rows],
+                                cfg.temperature, cfg.micro_batch_size).mean().item()
 
 
 METHOD = {"credit": gcpo_credit, "loss_fn": gcpo_loss, "recredit": gcpo_recredit}  # the seams it replaces

@@ -183,6 +183,18 @@ def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completi
     return torch.cat(logps), (torch.cat(entropies) if entropy else None)
 
 
+def solution_logprob_gap(model, tokenizer, solutions, contexts_a, contexts_b, temperature, micro_batch_size):
+    """log pi(solution, end of turn | context_a) - log pi(solution, end of turn | context_b) for
+    each solution text, (n,): how the methods check that a model reads the contexts they score
+    under (cepo.hint_contrast, gcpo.negative_contrast). Contexts are token-id lists."""
+    end = end_of_turn_id(tokenizer)
+    responses = [tokenizer(s, add_special_tokens=False).input_ids + [end] for s in solutions] * 2
+    device = next(model.parameters()).device
+    ids, mask, completion_ids, completion_mask = pad_batch(contexts_a + contexts_b, responses, tokenizer.pad_token_id, device)
+    logp = completion_logprobs(model, ids, mask, completion_ids, completion_mask, temperature, micro_batch_size)[0].sum(1)
+    return logp[:len(solutions)] - logp[len(solutions):]
+
+
 def plain_lm_head(model):
     """Whether logits are exactly base_model(...) @ W^T: a linear head without bias, and none of
     the logit scalings some architectures add (soft-capping, a scale)."""
