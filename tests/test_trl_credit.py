@@ -1,0 +1,353 @@
+"""trl_credit: our methods inside TRL's GRPOTrainer, on the CPU, with the embedded warm start (an
+HF Llama and tokenizer loaded through the public APIs), a real Qwen2.5 chat template, and two
+processes. Docs: docs/trl.md."""
+import copy
+import inspect
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("trl")
+import trl  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+from trl import GRPOConfig, GRPOTrainer  # noqa: E402
+
+import grpo_baseline as gb  # noqa: E402
+import trl_credit  # noqa: E402
+from cepo import cepo_token_advantages, hint_ids, wrong_answer_hints  # noqa: E402
+from data import prompt_ids, reward_fn  # noqa: E402
+from embedded_task import warm_start  # noqa: E402
+from gcpo import REFERENCE_WRONG_ANSWER, gcpo_token_advantages  # noqa: E402
+from gold import inject_gold  # noqa: E402
+from trl_credit import CEPOTrainer, GCPOTrainer, GoldTrainer, negative_messages  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+G = 4
+
+
+@pytest.fixture(scope="module")
+def warm(warm_cache):
+    """(model dir, tokenizer, dataset): the tests' tiny warm start (the one tiny_cfg trains), and
+    64 embedded rows as TRL reads them: a plain prompt, the answer and the reference solution."""
+    cfg = gb.GRPOConfig(task="sum", cache_dir=warm_cache, warm_start_steps=250, eval_size=16)
+    rows, eval_rows = gb.load_task(cfg)
+    path = warm_start(cfg, rows, eval_rows, torch.device("cpu"))
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    dataset = Dataset.from_list([{"prompt": tokenizer.decode(prompt_ids(tokenizer, r["question"], "")), "answer": r["answer"],
+                                  "solution": r["solution"], "hard": i % 2 == 1} for i, r in enumerate(rows[:64])])
+    return path, tokenizer, dataset
+
+
+def accuracy(completions, answer, **kwargs):
+    return [reward_fn(c, a) for c, a in zip(completions, answer)]
+
+
+def trainer(cls, warm, tmp_path, reward=accuracy, rows=32, **kwargs):
+    path, tokenizer, dataset = warm
+    args = dict(output_dir=str(tmp_path / cls.__name__), per_device_train_batch_size=rows, num_generations=G,
+                max_completion_length=40, beta=0.0, max_steps=1, use_cpu=True, bf16=False, gradient_checkpointing=False,
+                report_to="none", save_strategy="no", disable_tqdm=True, seed=0)
+    args.update({k: kwargs.pop(k) for k in list(kwargs) if k in GRPOConfig.__dataclass_fields__})
+    t = cls(model=AutoModelForCausalLM.from_pretrained(path), reward_funcs=[reward], args=GRPOConfig(**args),
+            train_dataset=dataset, processing_class=tokenizer, **kwargs)
+    t.model.train()
+    t.current_gradient_accumulation_steps = 1  # set by Trainer's loop; compute_loss is called outside it here
+    return t
+
+
+def batch(warm, prompts):
+    """TRL's input rows for `prompts` distinct problems, each repeated G times."""
+    return [dict(warm[2][i]) for i in range(prompts) for _ in range(G)]
+
+
+def scored(t, inputs, seed=0):
+    """TRL's generation batch for `inputs` on a fixed seed, and what GRPOTrainer itself returned
+    before the subclass changed it."""
+    seen = {}
+    original = GRPOTrainer._generate_and_score_completions
+
+    def spy(self, inputs):
+        out = original(self, inputs)
+        seen["grpo"] = copy.deepcopy(out)
+        return out
+    torch.manual_seed(seed)
+    GRPOTrainer._generate_and_score_completions = spy
+    try:
+        out = t._generate_and_score_completions(copy.deepcopy(inputs))
+    finally:
+        GRPOTrainer._generate_and_score_completions = original
+    return out, seen["grpo"]
+
+
+def loss_and_grads(t, out):
+    t.model.zero_grad()
+    loss = t.compute_loss(t.model, out)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in t.model.parameters() if p.grad is not None]
+
+
+def own_logprobs(t, context_ids, completion_ids, completion_mask):
+    """log pi(y_t | context, y_<t) of one completion, alone (no padding), with TRL's helper."""
+    n = int(completion_mask.sum())
+    ids = torch.tensor([list(context_ids) + completion_ids[:n].tolist()])
+    with torch.no_grad():
+        logp, _, _ = t._get_per_token_logps_and_entropies(t.model, ids, torch.ones_like(ids), n)
+    return torch.nn.functional.pad(logp[0], (0, len(completion_ids) - n))
+
+
+def test_the_trl_internals_the_trainers_rely_on_are_pinned():
+    """A TRL upgrade that moves any of these must fail here, not silently mis-assign credit."""
+    with open(os.path.join(ROOT, "requirements.txt")) as f:
+        assert f"trl=={trl.__version__}" in [line.split("#")[0].strip() for line in f]
+    params = {name: list(inspect.signature(getattr(GRPOTrainer, name)).parameters) for name in trl_credit.TRL_METHODS}
+    assert params["_generate"] == ["self", "prompts"]
+    assert params["_generate_and_score_completions"] == ["self", "inputs"]
+    assert params["_calculate_rewards"] == ["self", "inputs", "prompts", "completions", "completion_ids_list"]
+    assert params["_tokenize_prompts"] == ["self", "prompts"]
+    assert params["_get_per_token_logps_and_entropies"][:6] == ["self", "model", "input_ids", "attention_mask",
+                                                                "logits_to_keep", "batch_size"]
+    source = inspect.getsource(GRPOTrainer)
+    # _generate's outputs, in the order GoldTrainer unpacks them
+    assert "return prompt_ids, completion_ids, tool_mask, completions, logprobs, extra_fields, images, tool_images" in source
+    assert "if advantages.dim() == 1:\n            advantages = advantages.unsqueeze(1)" in source  # (B, T) accepted
+    assert "self.accelerator.process_index * len(prompts)" in source  # this rank's rows: a contiguous slice
+    assert 'float("nan") if x is None else x' in source and "nan_to_num(per_token_logps_diff, nan=0.0)" in source
+    assert "LigerFusedLinearGRPOLoss" not in source  # a loss that takes only (B,) advantages would drop our credit
+
+
+@pytest.mark.parametrize("cls, options", [(GCPOTrainer, {"negative_instruction": ""}), (CEPOTrainer, {"lambda_init": 0.0})])
+def test_without_contrast_each_trainer_is_grpotrainer(warm, tmp_path, cls, options):
+    """x- = x (GCPO), λ = 0 (CEPO): the same completions on the same seed, and the same loss and
+    gradients as plain GRPOTrainer's, through the (B, T) advantages for GCPO."""
+    inputs = batch(warm, 4)
+    theirs, ours = trainer(GRPOTrainer, warm, tmp_path), trainer(cls, warm, tmp_path, **options)
+    out_theirs, _ = scored(theirs, inputs)
+    out_ours, _ = scored(ours, inputs)
+    assert torch.equal(out_theirs["completion_ids"], out_ours["completion_ids"])
+    assert (out_theirs["advantages"] != 0).any()  # some group has a contrast: the comparison is not of zeros
+    if cls is GCPOTrainer:
+        assert out_ours["advantages"].shape == out_ours["completion_mask"].shape
+        assert torch.equal(out_ours["advantages"], out_theirs["advantages"][:, None] * out_ours["completion_mask"])
+    loss_theirs, grads_theirs = loss_and_grads(theirs, out_theirs)
+    loss_ours, grads_ours = loss_and_grads(ours, out_ours)
+    assert torch.allclose(loss_ours, loss_theirs, rtol=1e-6, atol=1e-9)
+    assert len(grads_ours) == len(grads_theirs)
+    for a, b in zip(grads_ours, grads_theirs):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("norm", ["mean", "softmax"])
+def test_gcpo_hands_trl_our_token_advantages(warm, tmp_path, norm):
+    """With the reference's negative prompt, the advantages TRL's loss receives are
+    gcpo_token_advantages of its own advantages and of lp+ / lp- scored here, one completion at
+    a time, with x- tokenized independently. (The rank weights, 'hist', can swap two
+    near-equal divergences on float noise, so the comparison uses the continuous norms.)"""
+    t = trainer(GCPOTrainer, warm, tmp_path, weight_norm=norm)
+    out, grpo = scored(t, batch(warm, 4))
+    A, mask = grpo["advantages"], out["completion_mask"]
+    live = (A != 0).nonzero().squeeze(1).tolist()
+    assert live
+    prompts = [p[m.bool()].tolist() for p, m in zip(out["prompt_ids"], out["prompt_mask"])]
+    texts = [warm[2][i // G]["prompt"] for i in range(len(A))]
+    for i in live:
+        negative = warm[1](texts[i] + REFERENCE_WRONG_ANSWER).input_ids
+        pos = own_logprobs(t, prompts[i], out["completion_ids"][i], mask[i])
+        neg = own_logprobs(t, negative, out["completion_ids"][i], mask[i])
+        expected = gcpo_token_advantages(A[i:i + 1], pos[None], neg[None], mask[i:i + 1].float(), norm)
+        assert torch.allclose(out["advantages"][i], expected[0], rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(expected[0], A[i] * mask[i])  # the contrast moved credit between tokens
+    for i in set(range(len(A))) - set(live):
+        assert (out["advantages"][i] == 0).all()
+
+
+def test_cepo_hands_trl_our_token_advantages(warm, tmp_path):
+    """r- from wrong_answer_hints on the decoded completions and TRL's rewards; P+ and P- scored
+    here one completion at a time; Â = cepo_token_advantages at λ(step 1)."""
+    t = trainer(CEPOTrainer, warm, tmp_path, lambda_init=0.5, epsilon_w=0.5)
+    out, grpo = scored(t, batch(warm, 8))
+    A, mask = grpo["advantages"], out["completion_mask"]
+    texts = warm[1].batch_decode(out["completion_ids"], skip_special_tokens=True)
+    r_minus = wrong_answer_hints(texts, t._rewards[:, 0], G)
+    prompts = [p[m.bool()].tolist() for p, m in zip(out["prompt_ids"], out["prompt_mask"])]
+    checked = 0
+    for i in range(len(A)):
+        answer, wrong = warm[2][i // G]["answer"], r_minus[i // G]
+        if A[i] == 0 or wrong is None:
+            assert torch.equal(out["advantages"][i], A[i] * mask[i])
+            continue
+        pos = own_logprobs(t, prompts[i] + hint_ids(warm[1], answer, t.method), out["completion_ids"][i], mask[i])
+        neg = own_logprobs(t, prompts[i] + hint_ids(warm[1], wrong, t.method), out["completion_ids"][i], mask[i])
+        expected = cepo_token_advantages(A[i:i + 1], pos[None], neg[None], mask[i:i + 1], 0.5, 0.5)
+        assert torch.allclose(out["advantages"][i], expected[0], rtol=1e-4, atol=1e-6)
+        checked += not torch.allclose(expected[0], A[i] * mask[i])
+    assert checked  # some completion's credit was re-weighted by the teachers
+
+
+@pytest.mark.parametrize("cls", [GCPOTrainer, CEPOTrainer])
+def test_sharded_parameters_score_every_row_and_change_no_credit(warm, tmp_path, cls):
+    """Under ZeRO-3 or FSDP each forward is a collective, so every process must run the same
+    extra forwards: then every row is scored, not only those whose credit can change, and the
+    credit is the same (to float tolerance: the batches differ)."""
+    t = trainer(cls, warm, tmp_path, **({"weight_norm": "mean"} if cls is GCPOTrainer else {}))  # hist: see above
+    inputs, sizes = batch(warm, 8), []
+    logprobs_under = t.logprobs_under
+    t.logprobs_under = lambda contexts, out, rows: sizes.append(len(rows)) or logprobs_under(contexts, out, rows)
+    only_useful, _ = scored(t, inputs)
+    t.is_fsdp_enabled = True
+    every_row, _ = scored(t, inputs)
+    assert torch.equal(only_useful["completion_ids"], every_row["completion_ids"])
+    assert sizes[0] <= len(inputs) and sizes[-1] == len(inputs)
+    assert torch.allclose(only_useful["advantages"], every_row["advantages"], rtol=1e-4, atol=1e-6)
+
+
+def hard_reward(completions, answer, solution, hard, **kwargs):
+    """The usual accuracy, except on 'hard' rows, where only the reference itself scores: their
+    groups are all wrong unless Gold steps in."""
+    return [float(c.strip() == s.strip()) if h else reward_fn(c, a) for c, a, s, h in zip(completions, answer, solution, hard)]
+
+
+def test_gold_injects_where_inject_gold_says_with_ratio_one(warm, tmp_path):
+    """The reference replaces the last completion of exactly the groups inject_gold picks from
+    the sampled rewards; TRL then rewards it (1), so its group gains a contrast; its old
+    log-probs (computed here: num_iterations=2) equal the policy's own, so its sequence ratio
+    is 1; with sampler log-probs (vLLM), the injected row gets None, which TRL neutralises."""
+    t = trainer(GoldTrainer, warm, tmp_path, reward=hard_reward, importance_sampling_level="sequence", loss_type="grpo",
+                num_iterations=2)
+    calls = []
+    calculate = t._calculate_rewards
+    t._calculate_rewards = lambda *a: calls.append((a, calculate(*a))) or calls[-1][1]
+    inputs = batch(warm, 8)
+    out, _ = scored(t, inputs)
+    sampled, final = calls[0][1][:, 0], calls[1][1][:, 0]
+    has_gold = torch.tensor([bool(inputs[g * G]["solution"]) for g in range(8)])
+    _, is_gold = inject_gold(sampled, G, has_gold)
+    assert is_gold.any()
+    texts = warm[1].batch_decode(out["completion_ids"], skip_special_tokens=True)
+    for i in range(len(texts)):
+        if is_gold[i]:
+            assert texts[i] == inputs[i]["solution"] and final[i] == 1
+            assert out["advantages"][i] > 0 and (out["advantages"][i - G + 1:i] < 0).all()
+        else:
+            assert final[i] == sampled[i]  # the completion and its reward are untouched
+    with torch.no_grad():
+        ids = torch.cat([out["prompt_ids"], out["completion_ids"]], 1)
+        logp, _, _ = t._get_per_token_logps_and_entropies(t.model, ids, torch.cat([out["prompt_mask"], out["completion_mask"]], 1),
+                                                          out["completion_ids"].size(1))
+    m = out["completion_mask"][is_gold]
+    ratio = torch.exp(((logp - out["old_per_token_logps"])[is_gold] * m).sum(1) / m.sum(1))
+    assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-5)
+    # the vLLM path: sampler log-probs come with the sampled completions
+    _, prompts, completions, ids = calls[0][0]
+    _, _, _, logprobs = t.inject(inputs, prompts, ids, None, completions, [[-0.5] * len(c) for c in ids])
+    for i in range(len(ids)):
+        assert (logprobs[i] == [None] * len(logprobs[i])) == bool(is_gold[i])
+
+
+def test_two_processes_decide_per_group_as_one_does(warm, tmp_path):
+    """torchrun, 2 CPU processes (gloo), a group split across them: each rank's CEPO r- and Gold
+    injections equal what wrong_answer_hints and inject_gold decide on the whole batch in one
+    process, and differ from what either rank would decide from its own rows alone."""
+    data = str(tmp_path / "data")
+    warm[2].save_to_disk(data)
+    out = tmp_path / "out"
+    out.mkdir()
+    run = torchrun(os.path.join("tests", "trl_two_ranks.py"), warm[0], data, str(out))
+    assert run.returncode == 0, run.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    per_rank = 6
+    # CEPO: one wrong_answers call per step on each rank
+    cepo = [r["CEPOTrainer"] for r in ranks]
+    local_differs = False
+    for step in range(2):
+        rewards = torch.tensor(cepo[0]["rewards"][step])
+        assert rewards.tolist() == cepo[1]["rewards"][step]  # every rank sees all rows' rewards
+        texts = cepo[0]["texts"][step] + cepo[1]["texts"][step]
+        hints = wrong_answer_hints(texts, rewards, G)
+        used = cepo[0]["r_minus"][step] + cepo[1]["r_minus"][step]
+        assert used == [hints[i // G] for i in range(len(texts))]
+        alone = wrong_answer_hints(cepo[0]["texts"][step][4:], rewards[4:per_rank], 2)  # rank 0's half of group 1
+        local_differs |= alone[0] != hints[1]
+    assert local_differs
+    # Gold: calls alternate, the injection's own scoring of the sampled completions, then TRL's
+    gold = [r["GoldTrainer"] for r in ranks]
+    for step in range(2):
+        sampled = torch.tensor(gold[0]["rewards"][2 * step])
+        has_ref = torch.tensor(gold[0]["has_ref"][step] + gold[1]["has_ref"][step])
+        _, is_gold = inject_gold(sampled, G, has_ref.view(-1, G)[:, -1])
+        used = [r for rank in (0, 1) for r in (rank * per_rank + i for i in gold[rank]["gold_rows"][step])]
+        assert used == is_gold.nonzero().squeeze(1).tolist() and used
+        _, rank1_alone = inject_gold(sampled[per_rank:per_rank + 2], 2, torch.tensor([True]))  # rank 1's half of group 1
+        assert rank1_alone.any() and not is_gold[per_rank + 1]
+
+
+def test_conversational_negative_prompt_through_the_real_qwen_template(tmp_path):
+    """x- of a chat prompt: the reference's request goes at the end of the last user turn, and
+    TRL's own tokenization renders it inside that turn, before the assistant header."""
+    tokenizer = AutoTokenizer.from_pretrained(os.path.join(ROOT, "tests", "fixtures", "qwen2.5-tokenizer"))
+    prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+3?"}]
+    cfg = GCPOTrainer.CONFIG(model="trl")
+    negative = negative_messages(prompt, cfg)
+    assert negative[0] == prompt[0] and negative[1]["content"] == "What is 2+3?" + REFERENCE_WRONG_ANSWER
+    text = tokenizer.apply_chat_template(negative, tokenize=False, add_generation_prompt=True)
+    assert text.endswith("What is 2+3?" + REFERENCE_WRONG_ANSWER + "<|im_end|>\n<|im_start|>assistant\n")
+    assert negative_messages("Q: 2+3=", GCPOTrainer.CONFIG(model="trl", negative="empty_prompt")) == "Answer the question."
+
+
+def test_bad_options_fail_with_one_clear_line(warm, tmp_path):
+    with pytest.raises(ValueError, match="importance_sampling_level='sequence', loss_type='grpo'"):
+        trainer(GoldTrainer, warm, tmp_path)
+    with pytest.raises(ValueError, match="entropy_coef"):
+        GCPOTrainer(model=warm[0], entropy_coef=0.02)  # ours (lowers entropy), not GRPOConfig's bonus
+    with pytest.raises(ValueError, match="lambda_init"):
+        trainer(CEPOTrainer, warm, tmp_path, lambda_init=2.0)
+    t = trainer(CEPOTrainer, warm, tmp_path, answer_column="final")
+    with pytest.raises(ValueError, match="needs a dataset column 'final'"):
+        scored(t, batch(warm, 4))
+
+
+def torchrun(*argv, processes=2):
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+                           *argv], capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+
+
+@pytest.mark.parametrize("method, flags", [
+    ("cepo", ["--lambda_init", "0.5"]),
+    ("gold", ["--importance_sampling_level", "sequence", "--loss_type", "grpo", "--epsilon", "3e-4", "--epsilon_high", "4e-4"])])
+def test_the_readme_command_trains_on_two_processes(warm, tmp_path, method, flags):
+    """train_trl.py as the README launches it (torchrun; accelerate launch starts the same), on 2 CPU
+    processes with the tiny model and a local dataset: it trains, saves, and logs the method's
+    metrics. Only the model, the data, the process count and the sizes differ from the README."""
+    data = tmp_path / "sum.jsonl"
+    data.write_text("".join(json.dumps({"question": r["prompt"].strip(), "answer": r["solution"]}) + "\n" for r in warm[2]))
+    out = tmp_path / "run"
+    run = torchrun("train_trl.py", "--method", method, "--model", warm[0], "--dataset", str(data), "--instruction", "",
+                   "--output_dir", str(out), "--per_device_train_batch_size", "4", "--num_generations", "4",
+                   "--max_completion_length", "32", "--max_steps", "2", "--use_cpu", "--report_to", "none",
+                   "--save_strategy", "no", "--logging_steps", "1", *flags)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (out / "model.safetensors").exists()
+    logged = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    key = {"cepo": "cepo/lambda", "gold": "gold/injections"}[method]
+    assert [step["step"] for step in logged if key in step] == [1, 2]
+    assert max(step["reward"] for step in logged if "reward" in step) > 0  # the prompts are the form the model reads
+
+
+def test_the_script_names_bad_input_in_one_line(tmp_path):
+    """A bad method option (before anything loads), a missing dataset file, a model that is not
+    there: each one line naming it."""
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps({"question": "1+2", "answer": "#### 3"}) + "\n")
+    missing = tmp_path / "none.jsonl"
+    for lam, dataset, error in (("3", data, "error: bad option: --lambda_init=3.0: must be in [0, 1]"),
+                                ("0.5", missing, f"error: --dataset {missing}: no such file"),
+                                ("0.5", data, f"error: --model {tmp_path / 'm'}: cannot load its tokenizer")):
+        run = subprocess.run([sys.executable, "train_trl.py", "--method", "cepo", "--lambda_init", lam, "--model",
+                              str(tmp_path / "m"), "--dataset", str(dataset), "--output_dir", str(tmp_path), "--use_cpu"],
+                             capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert run.returncode != 0 and run.stderr.strip().splitlines()[-1].startswith(error)
