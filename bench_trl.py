@@ -24,7 +24,7 @@ import grpo_baseline as gb
 from data import check_answer, prompt_ids
 from embedded_task import char_tokenizer
 
-SHAPES = ((8, 8, 32), (16, 8, 64), (16, 16, 64))  # prompts, responses per prompt, new tokens
+SHAPES = ((8, 8, 32), (16, 8, 64), (16, 16, 64), (16, 16, 128))  # prompts, responses per prompt, new tokens
 
 
 def random_llama(tokenizer, path):

@@ -131,7 +131,7 @@ def cepo_credit(batch, model, tokenizer, cfg, step):
     teachers = len(contexts) // len(live)
     scored = teacher_logprobs(model, tokenizer, contexts, completion_ids.repeat(teachers, 1), mask.repeat(teachers, 1), cfg)
     logp_pos = scored[:len(live)]
-    logp_neg = batch.old_logp[scored_idx] if rlsd else scored[len(live):]  # RLSD: the student itself
+    logp_neg = batch.pi_old()[scored_idx] if rlsd else scored[len(live):]  # RLSD: the student itself
     adv = batch.advantages[scored_idx]
     token_adv[scored_idx] = cepo_token_advantages(adv, logp_pos, logp_neg, mask, lam, cfg.epsilon_w)
     return token_adv, evidence_diagnostics(adv, logp_pos - logp_neg, mask, token_adv[scored_idx], lam, cfg.epsilon_w)

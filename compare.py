@@ -275,6 +275,31 @@ def credit_pictures(path, cfg, device):
     render_credit_png(path + ".png", {name: examples[:6] for name, examples in columns.items()})
 
 
+@contextlib.contextmanager
+def forward_seconds(modules):
+    """Seconds spent inside completion_logprobs when `modules` call it: the credit phase's extra
+    forward passes alone, its physical floor. Yields a one-element list that accumulates."""
+    spent, originals = [0.0], {m: m.completion_logprobs for m in modules}
+
+    def timed(forward):
+        def call(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return forward(*args, **kwargs)
+            finally:
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                spent[0] += time.perf_counter() - start
+        return call
+    for m, forward in originals.items():
+        m.completion_logprobs = timed(forward)
+    try:
+        yield spent
+    finally:
+        for m, forward in originals.items():
+            m.completion_logprobs = forward
+
+
 def bench(steps=6):
     """Seconds per step by phase and peak memory of each method, in this one process, on the
     embedded default and on a larger batch (64 prompts x 16 responses); then the memory of
@@ -283,7 +308,8 @@ def bench(steps=6):
     print(f"device: {device}; each row: {steps} RL steps after one warm-up step, from the same warm start")
     for label, overrides in (("embedded default (8 x 8)", {}),
                              ("larger batch (64 x 16)", {"prompts_per_step": 64, "num_generations": 16})):
-        print(f"\n{label}\n| method | s/step | generate | score | credit | update | vs GRPO | peak MB |\n|---|---|---|---|---|---|---|---|")
+        print(f"\n{label}\n| method | s/step | generate | score | credit | update | vs GRPO | peak MB | credit / its forwards |\n"
+              "|---|---|---|---|---|---|---|---|---|")
         base = None
         for name in METHODS:
             out = os.path.join("runs", "bench", name)
@@ -291,15 +317,18 @@ def bench(steps=6):
                                 eval_size=8, save_steps=10**6, **overrides)
             if name == "cepo":
                 cfg.lambda_schedule = "constant"  # measure the teachers' cost on every step
-            with contextlib.redirect_stdout(io.StringIO()):  # the run's own progress bar would break the table
-                gb.train(cfg, **SEAMS[name])
+            with contextlib.redirect_stdout(io.StringIO()), forward_seconds([gcpo, cepo]) as forwards:  # (the run's own
+                gb.train(cfg, **SEAMS[name])                                                     # progress bar would break the table)
             with open(os.path.join(out, "metrics.jsonl")) as f:
-                timed = [json.loads(line) for line in f][2:]  # drop step 0 (eval) and the warm-up step
+                steps_run = [json.loads(line) for line in f][1:]  # drop step 0 (evaluation)
+            timed = steps_run[1:]  # and the warm-up step
             mean = {p: statistics.mean(m[p] for m in timed) for p in PHASES}
             total = sum(mean.values())
             base = base or total
+            credit = sum(m["t_credit"] for m in steps_run)  # the forwards are counted over the same steps
             print(f"| {name} | {total:.3f} | " + " | ".join(f"{mean[p]:.3f}" for p in PHASES)
-                  + f" | {total / base:.2f}x | {max(m['peak_mem_mb'] for m in timed):.0f} |", flush=True)
+                  + f" | {total / base:.2f}x | {max(m['peak_mem_mb'] for m in timed):.0f} | "
+                  + (f"{credit / forwards[0]:.2f}x |" if forwards[0] else "no extra forward |"), flush=True)
     bench_memory.main()
     bench_trl.main()
 

@@ -153,7 +153,7 @@ def gcpo_credit(batch, model, tokenizer, cfg, step):
     """The credit seam: lp- for every response with A != 0 (the others get no credit whatever
     their weights), lp+ = log pi_old, then (1.3)-(1.5)."""
     live = (batch.advantages != 0).nonzero().squeeze(1)
-    token_adv = torch.zeros_like(batch.old_logp)
+    token_adv = torch.zeros_like(batch.completion_mask)
     batch.notes = [""] * len(batch.rows)
     if not len(live):
         return token_adv, {}
@@ -165,7 +165,7 @@ def gcpo_credit(batch, model, tokenizer, cfg, step):
             decoded[g] = "negative prompt x-: " + repr(tokenizer.decode(ids, skip_special_tokens=True))
         batch.notes[i] = decoded[g]
     mask = batch.completion_mask[live]
-    logp_pos = batch.old_logp[live]  # (1.1)
+    logp_pos = batch.pi_old()[live]  # (1.1)
     adv = batch.advantages[live]
     token_adv[live] = gcpo_token_advantages(adv, logp_pos, logp_neg, mask, cfg.weight_norm, cfg.weight_temperature)  # (1.5)
     return token_adv, weight_diagnostics(divergence(logp_pos, logp_neg), token_adv[live] / adv[:, None], mask)
@@ -176,7 +176,7 @@ def gcpo_recredit(batch, idx, model, tokenizer, cfg):
     policy: lp+ (1.1) and lp- (1.2) both re-scored with no grad, then (1.3)-(1.5), as the
     reference recomputes its weights in every mini-batch."""
     live = batch.advantages[idx] != 0
-    token_adv = torch.zeros_like(batch.old_logp[idx])
+    token_adv = torch.zeros_like(batch.completion_mask[idx])
     if live.any():
         rows = idx[live]
         mask = batch.completion_mask[rows]

@@ -171,12 +171,20 @@ class Rollouts:
     texts: list              # (N,) decoded responses
     rewards: torch.Tensor          # (N,)
     advantages: torch.Tensor       # (N,) A_i, eq. (0.1)
-    old_logp: torch.Tensor         # (N, L) log pi_old, teacher-forced with the trainer's code path
+    score: object                  # () -> (log pi_old, entropy): the teacher-forced pass, run by pi_old()
+    old_logp: torch.Tensor = None  # (N, L) log pi_old, teacher-forced with the trainer's code path; see pi_old
     ref_logp: torch.Tensor = None  # (N, L) log pi_ref when beta > 0
     group_size: int = 1
     sampled: torch.Tensor = None   # (N,) bool: False for responses the policy did not sample (gold's)
     entropy: torch.Tensor = None   # (N, L) the policy's entropy at each response position
     notes: list = None             # (N,) what the credit scored each response under, for the picture
+
+    def pi_old(self):
+        """(N, L) log pi_old, scored on first use. At one optimizer step per rollout nothing may
+        ask before the update, which then takes it from its own forward pass, detached (as TRL)."""
+        if self.old_logp is None:
+            self.old_logp, self.entropy = self.score()
+        return self.old_logp
 
 
 def sample(model, tokenizer, rows, prompts, cfg, device, stats):
@@ -245,24 +253,25 @@ def rollout(model, tokenizer, rows, prompts, cfg, device, ref_model, edit_rollou
         stats["sampling_rounds"] = len(pool)
         pool = [kept]
     rows, prompts, completion_ids, mask, texts, rewards, sampled = pool[0]
-    t1 = time.perf_counter()
+    times = {"t_generate": time.perf_counter() - t0, "t_score": 0.0}
     advantages = group_advantages(rewards, G, scale=cfg.scale_rewards == "group")
     p_ids, p_mask, _, _ = pad_batch(prompts, [[]] * len(prompts), tokenizer.pad_token_id, device)
-    old_logp, entropy = completion_logprobs(model, p_ids, p_mask, completion_ids, mask, cfg.temperature,
-                                            cfg.micro_batch_size, entropy=True)
-    ref_logp = None
-    if ref_model is not None:
-        ref_logp, _ = completion_logprobs(ref_model, p_ids, p_mask, completion_ids, mask, cfg.temperature,
-                                          cfg.micro_batch_size)
-    batch = Rollouts(rows, prompts, p_ids, p_mask, completion_ids, mask, texts, rewards, advantages, old_logp, ref_logp,
-                     G, sampled, entropy=entropy)
+
+    def score(policy=model, entropy=True):  # timed as the score phase, wherever it is first asked for
+        t = time.perf_counter()
+        out = completion_logprobs(policy, p_ids, p_mask, completion_ids, mask, cfg.temperature, cfg.micro_batch_size,
+                                  entropy=entropy)
+        times["t_score"] += time.perf_counter() - t
+        return out
+    batch = Rollouts(rows, prompts, p_ids, p_mask, completion_ids, mask, texts, rewards, advantages, score,
+                     ref_logp=score(ref_model, False)[0] if ref_model is not None else None, group_size=G, sampled=sampled)
+    if cfg.num_iterations * cfg.num_mini_batches > 1:  # the ratio needs pi_old before the first step moves pi
+        batch.pi_old()
     own = sampled.nonzero().squeeze(1).tolist()  # metrics describe the policy's own samples only
-    stats = {**stats, "reward": rewards[sampled].mean().item(),
-             "entropy": ((entropy * mask)[sampled].sum() / mask[sampled].sum()).item(),
-             "response_length": mask[sampled].sum(1).mean().item(),
+    stats = {**stats, "reward": rewards[sampled].mean().item(), "response_length": mask[sampled].sum(1).mean().item(),
              "empty_responses": sum(not texts[i].strip() for i in own),
              "truncated": unfinished(completion_ids, mask, stop_ids(model))[sampled].sum().item()}
-    return batch, {"t_generate": t1 - t0, "t_score": time.perf_counter() - t1}, stats
+    return batch, times, stats
 
 
 # =============================================================================================
@@ -359,11 +368,12 @@ def update(model, optimizer, batch, token_adv, cfg, loss_fn=grpo_loss, recredit=
     mini-batch after the first optimizer step (gcpo.py, as its reference); else token_adv holds."""
     N = len(batch.rows)
     size = N // cfg.num_mini_batches
-    logs, skipped = [], 0
+    logs, skipped, fresh = [], 0, batch.old_logp is None  # fresh: pi_old is the policy as it stands (one step)
+    scored = ([], [])  # fresh: log pi_old and entropy from this pass, detached
     for _ in range(cfg.num_iterations):
         order = torch.randperm(N) if cfg.num_mini_batches > 1 else torch.arange(N)
         for m in range(cfg.num_mini_batches):
-            idx = order[m * size:(m + 1) * size].to(batch.old_logp.device)
+            idx = order[m * size:(m + 1) * size].to(batch.completion_mask.device)
             adv = recredit(idx) if recredit is not None and len(logs) + skipped else token_adv[idx]
             mask = batch.completion_mask[idx]
             normalizer = mask.sum() if cfg.loss_type == "token-mean" else len(idx)
@@ -371,10 +381,14 @@ def update(model, optimizer, batch, token_adv, cfg, loss_fn=grpo_loss, recredit=
             finite, stats_sum = True, {}
             for s in range(0, size, cfg.micro_batch_size):
                 mb = idx[s:s + cfg.micro_batch_size]
-                logp, _ = completion_logprobs(model, batch.prompt_ids[mb], batch.prompt_mask[mb], batch.completion_ids[mb],
-                                              batch.completion_mask[mb], cfg.temperature, cfg.micro_batch_size, grad=True)
-                loss, stats = loss_fn(logp, batch.old_logp[mb], adv[s:s + cfg.micro_batch_size], batch.completion_mask[mb],
-                                      cfg, normalizer)
+                logp, entropy = completion_logprobs(model, batch.prompt_ids[mb], batch.prompt_mask[mb], batch.completion_ids[mb],
+                                                    batch.completion_mask[mb], cfg.temperature, cfg.micro_batch_size,
+                                                    grad=True, entropy=fresh)
+                if fresh:
+                    scored[0].append(logp.detach())
+                    scored[1].append(entropy)
+                loss, stats = loss_fn(logp, scored[0][-1] if fresh else batch.old_logp[mb], adv[s:s + cfg.micro_batch_size],
+                                      batch.completion_mask[mb], cfg, normalizer)
                 if cfg.beta > 0:
                     kl = torch.where(batch.completion_mask[mb] > 0, kl_k3(logp, batch.ref_logp[mb]), 0.0)
                     loss = loss + cfg.beta * aggregate(kl, batch.completion_mask[mb], cfg.loss_type, normalizer)
@@ -394,6 +408,8 @@ def update(model, optimizer, batch, token_adv, cfg, loss_fn=grpo_loss, recredit=
                 continue
             optimizer.step()
             logs.append({**stats_sum, "grad_norm": grad_norm.item()})
+    if fresh and logs:  # every micro-batch ran, in order
+        batch.old_logp, batch.entropy = (torch.cat(t) for t in scored)
     out = {k: sum(l[k] for l in logs) / len(logs) for k in logs[0]} if logs else {}
     return {**out, "skipped_updates": skipped}
 
@@ -453,18 +469,20 @@ def train(cfg, credit=grpo_credit, loss_fn=grpo_loss, edit_rollouts=None, recred
             return [train_rows[i] for i in idx], [prompts[i] for i in idx]
 
         batch, times, stats = rollout(model, tokenizer, *draw(0), cfg, device, ref_model, edit_rollouts, draw)
-        t0 = time.perf_counter()
+        t0, scoring = time.perf_counter(), times["t_score"]
         token_adv, credit_stats = credit(batch, model, tokenizer, cfg, step)
-        t1 = time.perf_counter()
+        t1, scoring = time.perf_counter(), times["t_score"] - scoring  # a credit that asked for pi_old: score phase
         upd = update(model, optimizer, batch, token_adv, cfg, loss_fn,
                      recredit and (lambda idx: recredit(batch, idx, model, tokenizer, cfg)))
         t2 = time.perf_counter()
-        valid = batch.completion_mask > 0
+        batch.pi_old()  # a no-op, unless the update skipped its step (then the policy has not moved)
+        valid, own = batch.completion_mask > 0, batch.sampled
+        stats["entropy"] = ((batch.entropy * batch.completion_mask)[own].sum() / batch.completion_mask[own].sum()).item()
         metrics = {"step": step, **stats,
                    "adv_abs_mean": batch.advantages.abs().mean().item(),
                    "token_adv_abs_mean": token_adv[valid].abs().mean().item(),
                    "zero_adv_groups": (batch.advantages.view(-1, batch.group_size).abs().sum(1) == 0).sum().item(),
-                   **credit_stats, **upd, **times, "t_credit": t1 - t0, "t_update": t2 - t1,
+                   **credit_stats, **upd, **times, "t_credit": t1 - t0 - scoring, "t_update": t2 - t1,
                    "peak_mem_mb": peak_memory_mb(device)}
         if not (cfg.model or cfg.dataset):  # the embedded task knows which tokens decide the reward
             metrics.update(credit_ground_truth(batch.completion_ids, batch.completion_mask, batch.advantages, token_adv,

@@ -101,7 +101,7 @@ def test_empty_hint_teacher_equals_the_student(tiny_cfg):
     reversed_order = list(range(len(rows) * cfg.num_generations))[::-1]  # a different padding and batching
     teacher = cepo.teacher_logprobs(model, tok, [batch.prompts[i] for i in reversed_order],
                                     batch.completion_ids[reversed_order], batch.completion_mask[reversed_order], cfg)
-    torch.testing.assert_close(teacher.flip(0), batch.old_logp, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(teacher.flip(0), batch.pi_old(), atol=1e-5, rtol=1e-5)
 
 
 def test_cepo_end_to_end(tiny_cfg):

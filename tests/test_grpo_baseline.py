@@ -1,4 +1,5 @@
 """grpo_baseline end to end on CPU: options, training, checkpoint/resume, dynamic sampling, the Hugging Face model path."""
+import copy
 import json
 import os
 
@@ -37,6 +38,34 @@ def test_a_few_steps_of_grpo_train_and_log(tiny_cfg):
     start = load_policy(warm_start(cfg, *gb.load_task(cfg), torch.device("cpu")), cfg, torch.device("cpu"))[0]
     trained = load_policy(os.path.join(cfg.output_dir, "final"), cfg, torch.device("cpu"))[0]
     assert any(not torch.equal(a, b) for a, b in zip(start.parameters(), trained.parameters()))
+
+
+def test_one_step_per_rollout_takes_pi_old_from_the_update_pass(tiny_cfg, tiny_policy):
+    """At one optimizer step per rollout no scoring pass runs before the update (as TRL): the
+    update's own log-probs, detached, are log pi_old. The step and the recorded log pi_old and
+    entropy equal those of a batch scored beforehand, to float tolerance; with two PPO epochs the
+    rollout scores before the update, since the ratio then needs pi_old after pi has moved."""
+    cfg = tiny_cfg()
+    model, tok, rows, _ = tiny_policy(cfg)
+    rows = rows[:cfg.prompts_per_step]
+    prompts = [prompt_ids(tok, r["question"]) for r in rows]
+    torch.manual_seed(0)
+    batch, times, _ = gb.rollout(model, tok, rows, prompts, cfg, torch.device("cpu"), None)
+    assert batch.old_logp is None and times["t_score"] == 0.0
+    scored = copy.copy(batch)
+    scored.old_logp, scored.entropy = (t.clone() for t in batch.score())
+    token_adv = gb.grpo_token_advantages(batch.advantages, batch.completion_mask)
+    models = {}
+    for name, b in (("lazy", batch), ("scored", scored)):
+        models[name] = copy.deepcopy(model)
+        gb.update(models[name], torch.optim.AdamW(models[name].parameters(), lr=1e-3), b, token_adv, cfg)
+    torch.testing.assert_close(batch.old_logp, scored.old_logp, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batch.entropy, scored.entropy, atol=1e-5, rtol=1e-5)
+    for a, b in zip(models["lazy"].parameters(), models["scored"].parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+    assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), models["lazy"].parameters()))
+    epochs, _, _ = gb.rollout(model, tok, rows, prompts, tiny_cfg(num_iterations=2), torch.device("cpu"), None)
+    assert epochs.old_logp is not None
 
 
 def test_the_chain_task_logs_credit_against_its_ground_truth(tiny_cfg):
@@ -92,7 +121,7 @@ def test_non_finite_credit_skips_the_update_and_keeps_the_checkpoint_clean(tiny_
     cfg = tiny_cfg(max_steps=2)
 
     def nan_credit(batch, model, tokenizer, cfg, step):
-        return torch.full_like(batch.old_logp, float("nan")), {}
+        return torch.full_like(batch.completion_mask, float("nan")), {}
 
     gb.train(cfg, credit=nan_credit)
     assert [m["skipped_updates"] for m in read_metrics(cfg.output_dir)[1:]] == [1, 1]
