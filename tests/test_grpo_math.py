@@ -37,8 +37,11 @@ def test_advantages_sum_to_zero_per_group(rg):
     for scale in (True, False):
         adv = gb.group_advantages(rewards, g, scale=scale).view(-1, g)
         spread = rewards.view(-1, g).abs().amax(1) + 1
-        bound = spread if not scale else torch.full_like(spread, float(g))
-        assert torch.all(adv.sum(1).abs() <= 1e-4 * bound)
+        # float32: the group mean is off by about g ulps of the largest reward, and scaling divides
+        # that by the std (hypothesis found rewards near -4.7e5 with a std of 127)
+        std = rewards.view(-1, g).double().std(1).float()
+        bound = 1e-4 * spread if not scale else g * (1e-4 + g * 2 ** -23 * spread / (std + 1e-6))
+        assert torch.all(adv.sum(1).abs() <= bound)
 
 
 @given(st.integers(1, 4), st.integers(2, 8), reward_values)
