@@ -11,7 +11,6 @@ its generation from TRL's own profiling spans.
 """
 import contextlib
 import io
-import json
 import os
 import shutil
 import statistics
@@ -23,6 +22,7 @@ import torch
 import grpo_baseline as gb
 from data import check_answer, prompt_ids
 from embedded_task import char_tokenizer
+from report import phase_means, read_metrics
 
 SHAPES = ((8, 8, 32), (16, 8, 64), (16, 16, 64), (16, 16, 128))  # prompts, responses per prompt, new tokens
 
@@ -43,9 +43,7 @@ def ours(path, P, G, T, steps, out):
                         output_dir=out, overwrite_output_dir=True)
     with contextlib.redirect_stdout(io.StringIO()):
         gb.train(cfg)
-    with open(os.path.join(out, "metrics.jsonl")) as f:
-        timed = [json.loads(line) for line in f][2:]  # step 0 (evaluation) and the warm-up step
-    phases = {p: statistics.mean(m[p] for m in timed) for p in ("t_generate", "t_score", "t_credit", "t_update")}
+    phases = phase_means(read_metrics(out)[2:])  # without step 0 (evaluation) and the warm-up step
     return sum(phases.values()), phases
 
 

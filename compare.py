@@ -39,12 +39,11 @@ import grpo_baseline as gb
 from data import evaluate, prompt_ids
 from embedded_task import warm_start
 from language_model import load_policy
-from report import credit_examples, plot_curves, render_credit_html, render_credit_png
+from report import PHASES, credit_examples, phase_means, plot_curves, read_metrics, render_credit_html, render_credit_png
 
 METHODS = {"grpo": ("grpo_baseline.py", gb.GRPOConfig), "gcpo": ("gcpo.py", gcpo.GCPOConfig),
            "cepo": ("cepo.py", cepo.CEPOConfig), "gold": ("gold.py", gold.GoldConfig)}
 SEAMS = {"grpo": gb.METHOD, "gcpo": gcpo.METHOD, "cepo": cepo.METHOD, "gold": gold.METHOD}
-PHASES = ("t_generate", "t_score", "t_credit", "t_update")
 TARGET_GAIN = 0.15  # steps_to_target: the first evaluation at least this far above the warm start
 # A warm start passes a check when the reference solutions are at least this many nats (per solution) more
 # likely under the real context than under the contrasting one: e times for CEPO's right vs. wrong hint and
@@ -136,8 +135,7 @@ def run_all(methods, warm_starts, seeds, runs_dir, jobs, budget):
 def load_run(out):
     with open(os.path.join(out, "summary.json")) as f:
         summary = json.load(f)
-    with open(os.path.join(out, "metrics.jsonl")) as f:
-        return summary, [json.loads(line) for line in f]
+    return summary, read_metrics(out)
 
 
 def run_record(w, s, out):
@@ -319,10 +317,9 @@ def bench(steps=6):
                 cfg.lambda_schedule = "constant"  # measure the teachers' cost on every step
             with contextlib.redirect_stdout(io.StringIO()), forward_seconds([gcpo, cepo]) as forwards:  # (the run's own
                 gb.train(cfg, **SEAMS[name])                                                     # progress bar would break the table)
-            with open(os.path.join(out, "metrics.jsonl")) as f:
-                steps_run = [json.loads(line) for line in f][1:]  # drop step 0 (evaluation)
+            steps_run = read_metrics(out)[1:]  # without step 0 (evaluation)
             timed = steps_run[1:]  # and the warm-up step
-            mean = {p: statistics.mean(m[p] for m in timed) for p in PHASES}
+            mean = phase_means(timed)
             total = sum(mean.values())
             base = base or total
             credit = sum(m["t_credit"] for m in steps_run)  # the forwards are counted over the same steps

@@ -5,9 +5,23 @@ import json
 import math
 import os
 import resource
+import statistics
 import sys
 
 import torch
+
+PHASES = ("t_generate", "t_score", "t_credit", "t_update")  # seconds of each RL step, by phase (grpo_baseline.train)
+
+
+def read_metrics(output_dir):
+    """A run's metrics.jsonl, one record per line; step 0 (the evaluation before training) first."""
+    with open(os.path.join(output_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def phase_means(records):
+    """Mean seconds of each phase over the given step records."""
+    return {p: statistics.mean(m[p] for m in records) for p in PHASES}
 
 
 def peak_memory_mb(device):
