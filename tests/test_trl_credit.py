@@ -322,7 +322,7 @@ def torchrun(*argv, processes=2):
 def test_the_readme_command_trains_on_two_processes(warm, tmp_path, method, flags):
     """train_trl.py as the README launches it (torchrun; accelerate launch starts the same), on 2 CPU
     processes with the tiny model and a local dataset: it trains, saves, and logs the method's
-    metrics. Only the model, the data, the process count and the sizes differ from the README."""
+    metrics. The model, the data, the process count, the sizes and the CPU flags differ from the README."""
     data = tmp_path / "sum.jsonl"
     data.write_text("".join(json.dumps({"question": r["prompt"].strip(), "answer": r["solution"]}) + "\n" for r in warm[2]))
     out = tmp_path / "run"
