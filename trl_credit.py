@@ -84,22 +84,27 @@ class CreditTrainer(GRPOTrainer):
         """log pi(y_t | context, y_<t) of the completions `rows` (1-D index) under new contexts
         (token-id lists, one per scored row, possibly several per completion in order), with TRL's
         own helper, no grad, on the training model. -> (len(contexts), T)."""
-        copies, device = len(contexts) // len(rows), out["completion_ids"].device
         ids = pad([torch.tensor(c) for c in contexts], padding_value=self.processing_class.pad_token_id, padding_side="left")
         mask = pad([torch.ones(len(c), dtype=torch.long) for c in contexts], padding_value=0, padding_side="left")
+        return self.teacher_forced(ids, mask, out, rows)
+
+    def own_logprobs(self, out, rows):
+        """lp+ = log pi_old of the completions `rows`: TRL's old log-probs when it computed them,
+        else the same no-grad forward, on TRL's own padded prompts, that TRL's loss will detach."""
+        if out.get("old_per_token_logps") is not None:
+            return out["old_per_token_logps"][rows]
+        return self.teacher_forced(out["prompt_ids"][rows], out["prompt_mask"][rows], out, rows)
+
+    def teacher_forced(self, ids, mask, out, rows):
+        """The completions `rows` after left-padded contexts (ids, mask: one row per scored
+        completion, in order, possibly several per completion) -> their log-probs (len(ids), T)."""
+        copies, device = len(ids) // len(rows), out["completion_ids"].device
         completion_ids, completion_mask = out["completion_ids"][rows].repeat(copies, 1), out["completion_mask"][rows].repeat(copies, 1)
         with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
             logp, _, _ = self._get_per_token_logps_and_entropies(
                 self.model, torch.cat([ids.to(device), completion_ids], 1), torch.cat([mask.to(device), completion_mask], 1),
                 completion_ids.size(1), batch_size=self.args.per_device_train_batch_size)
         return logp
-
-    def own_logprobs(self, out, rows):
-        """lp+ = log pi_old of the completions `rows`: TRL's old log-probs when it computed them,
-        else the same no-grad forward TRL's loss will detach."""
-        if out.get("old_per_token_logps") is not None:
-            return out["old_per_token_logps"][rows]
-        return self.logprobs_under(prompts_of(out, rows), out, rows)
 
     def rows_to_score(self, useful):
         """Rows (1-D index) for the extra forwards: those where they can change the credit
@@ -108,6 +113,10 @@ class CreditTrainer(GRPOTrainer):
         plugin = self.accelerator.state.deepspeed_plugin
         sharded = self.is_fsdp_enabled or (self.is_deepspeed_enabled and plugin is not None and plugin.zero_stage == 3)
         return torch.arange(len(useful), device=useful.device) if sharded else useful.nonzero().squeeze(1)
+
+    def total_reward(self, rewards_per_func):
+        """(N,) each completion's reward as TRL sums it: the reward functions weighted, NaN skipped."""
+        return (rewards_per_func * self.reward_weights.to(rewards_per_func.device)).nansum(1)
 
     def loss_mask(self, out):
         return out["completion_mask"] * out["tool_mask"] if "tool_mask" in out else out["completion_mask"]
@@ -196,7 +205,7 @@ class CEPOTrainer(CreditTrainer):
         """r- of each of this rank's rows: its group's (wrong_answer_hints), over the whole group,
         which may span ranks: the texts are gathered, TRL's rewards already are."""
         texts = gather_object(self.processing_class.batch_decode(out["completion_ids"], skip_special_tokens=True))
-        total = (self._rewards * self.reward_weights.to(self._rewards.device)).nansum(1)
+        total = self.total_reward(self._rewards)
         hints = wrong_answer_hints(texts, total.cpu(), self.num_generations)
         first = self.accelerator.process_index * len(out["completion_ids"])  # this rank's first row in the gathered batch
         return [hints[(first + i) // self.num_generations] for i in range(len(out["completion_ids"]))]
@@ -256,7 +265,7 @@ class GoldTrainer(CreditTrainer):
         pending = copy.deepcopy((self._pending_extra_logs, self._pending_metrics))
         rewards = self._calculate_rewards(inputs, prompts, completions, completion_ids)  # all ranks' rows
         self._pending_extra_logs, self._pending_metrics = pending  # TRL's own call logs them
-        total = (rewards * self.reward_weights.to(rewards.device)).nansum(1)
+        total = self.total_reward(rewards)
         solutions = self.column(inputs, self.solution_column, "solution (the reference solution)")
         answers = self.column(inputs, self.answer_column, "answer (the final answer)")
         refs = [reference_response(self.processing_class, {"solution": s, "answer": a}, self.method)[0] if a else None
