@@ -1,20 +1,118 @@
-"""A run's directory: atomic checkpoints (model, optimizer, RNG states, step), loading them for --resume,
-and the checks that keep one run from overwriting another."""
+"""A run's directory: the lock that keeps two runs out of it, atomic checkpoints (model, optimizer,
+RNG states, step, method and options), and what --resume and --overwrite_output_dir do with them.
+
+What is guaranteed (tests/test_checkpoint.py):
+- one run at a time in a directory (an flock, released when the process ends, however it ends);
+- a killed run loses nothing before its last checkpoint: checkpoints and the resumed history are
+  written to a temp file, flushed and renamed, before anything else runs;
+- a checkpoint is loaded as data (weights_only): a file we did not write cannot run code;
+- --resume continues only the run that wrote the checkpoint: same method, same options;
+- --overwrite_output_dir removes the old run's files, so nothing of it can be resumed later.
+"""
 import dataclasses
+import fcntl
 import json
 import os
 import random
+import shutil
 
 import torch
 
 from language_model import first_line
 
+CHECKPOINT, METRICS, LOCK = "checkpoint.pt", "metrics.jsonl", ".lock"
+RUN_FILES = (CHECKPOINT, CHECKPOINT + ".tmp", METRICS, METRICS + ".tmp", "summary.json", "curves.png", "credit.html", "final")
+
+
+@dataclasses.dataclass
+class Run:
+    """An open run directory: the paths, the step to start from, the kept history and (on
+    --resume) the checkpoint's state, loaded and checked but not yet applied to a model."""
+    ckpt_path: str
+    metrics_path: str
+    start: int
+    history: list
+    state: dict
+    lock: object
+
+    def close(self):
+        self.lock.close()  # releases the flock
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def open_run(cfg):
+    """Lock --output_dir and prepare it for cfg's run: refuse a directory that holds another run
+    unless --resume or --overwrite_output_dir says what to do with it; with --resume, load and check
+    the checkpoint and rewrite the history up to it atomically; with --overwrite_output_dir, remove
+    the old run's files. Every check here needs no model, so a bad directory fails in a second."""
+    out = cfg.output_dir
+    if cfg.resume and cfg.overwrite_output_dir:
+        raise ValueError("--resume and --overwrite_output_dir contradict each other: pass one")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--output_dir {out} is a file, not a directory; choose another --output_dir")
+    os.makedirs(out, exist_ok=True)
+    lock = take_lock(out)
+    try:
+        ckpt_path, metrics_path = os.path.join(out, CHECKPOINT), os.path.join(out, METRICS)
+        if cfg.overwrite_output_dir:
+            for path in (os.path.join(out, name) for name in RUN_FILES):
+                if os.path.isdir(path):
+                    shutil.rmtree(path)
+                elif os.path.exists(path):
+                    os.remove(path)
+        elif not cfg.resume and (os.path.exists(metrics_path) or os.path.exists(ckpt_path)):
+            raise ValueError(f"--output_dir {out} already holds a run: pass --resume to continue it "
+                             "or --overwrite_output_dir to start afresh")
+        if not cfg.resume:
+            return Run(ckpt_path, metrics_path, 0, [], None, lock)
+        if not os.path.exists(ckpt_path):
+            raise ValueError(f"--resume: no checkpoint at {ckpt_path}; start afresh without --resume")
+        state = read_checkpoint(ckpt_path, cfg)
+        history = metrics_until(metrics_path, state["step"])
+        write_atomic(metrics_path, "".join(json.dumps(m) + "\n" for m in history))
+        return Run(ckpt_path, metrics_path, state["step"], history, state, lock)
+    except BaseException:
+        lock.close()
+        raise
+
+
+def take_lock(out):
+    """An exclusive flock on out/.lock holding our pid, or a ValueError naming the run that holds it."""
+    f = open(os.path.join(out, LOCK), "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        raise ValueError(f"--output_dir {out} is in use by another run (pid {holder}); wait for it to end, "
+                         "or choose another --output_dir") from None
+    f.truncate(0)
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
+
+
+def write_atomic(path, text):
+    """Write text to path so that a kill at any moment leaves either the old file or the new one."""
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(path + ".tmp", path)
+
 
 def save_checkpoint(path, model, optimizer, step, cfg):
     """Atomic: write to a temp file, then rename; a model with non-finite weights is never saved."""
     if not all(torch.isfinite(p).all() for p in model.parameters()):
-        raise RuntimeError(f"step {step}: the model has non-finite weights; not overwriting {path}")
-    state = {"step": step, "config": dataclasses.asdict(cfg), "model": model.state_dict(),
+        raise ValueError(f"step {step}: the model has non-finite weights; not overwriting {path} (lower "
+                         "--learning_rate, or resume from it with --resume)")
+    state = {"step": step, "method": type(cfg).__name__, "config": dataclasses.asdict(cfg), "model": model.state_dict(),
              "optimizer": optimizer.state_dict(),
              "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                      "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
@@ -22,49 +120,55 @@ def save_checkpoint(path, model, optimizer, step, cfg):
     os.replace(path + ".tmp", path)
 
 
-def load_checkpoint(path, model, optimizer, cfg):
-    """Restore model, optimizer and RNG states; returns the step. A file that is not a checkpoint
-    this code wrote is a clear error, not a traceback."""
+def read_checkpoint(path, cfg):
+    """The checkpoint's contents, loaded as data only (weights_only: tensors, numbers, strings;
+    a pickle that would build any other object is refused before it runs), and checked against
+    cfg: the same method and the same options, except those in cfg.RESUMABLE."""
     try:
-        state, why = torch.load(path, map_location="cpu", weights_only=False), "other contents"
-    except Exception as e:  # not a torch file, truncated, corrupt
+        state, why = torch.load(path, map_location="cpu", weights_only=True, mmap=True), "other contents"
+    except Exception as e:  # not a torch file, truncated, corrupt, or objects that are not data
         state, why = None, first_line(e)
-    if not (isinstance(state, dict) and {"step", "config", "model", "optimizer", "rng"} <= set(state)):
+    if not (isinstance(state, dict) and {"step", "config", "model", "optimizer", "rng"} <= set(state)
+            and isinstance(state["config"], dict)):
         raise ValueError(f"--resume: {path} is not a checkpoint of this project ({why}); start afresh with "
                          "--overwrite_output_dir")
-    changed = [k for k, v in state["config"].items()
-               if k not in cfg.RESUMABLE and getattr(cfg, k, None) != v]
+    method = state.get("method", type(cfg).__name__)
+    if method != type(cfg).__name__:
+        raise ValueError(f"--resume: {path} is a {method} run, not a {type(cfg).__name__} one; resume it with the "
+                         "method that wrote it, or start afresh with --overwrite_output_dir")
+    ours = dataclasses.asdict(cfg)
+    changed = sorted(k for k in set(state["config"]) | set(ours)
+                     if k not in cfg.RESUMABLE and state["config"].get(k) != ours.get(k))
     if changed:
         raise ValueError(f"--resume: options differ from the checkpoint's in {changed}; resume with the same options")
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    return state
+
+
+def restore(state, model, optimizer):
+    """Apply a checkpoint read by read_checkpoint to the model and optimizer, and restore the RNGs."""
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:  # another shape, foreign keys
+        why = " ".join(str(e).split())[:300]  # torch puts the mismatch itself on the second line
+        raise ValueError(f"--resume: the checkpoint does not fit this model ({why}); resume with the "
+                         "model it was trained from, or start afresh with --overwrite_output_dir") from None
     torch.set_rng_state(state["rng"]["torch"])
     random.setstate(state["rng"]["python"])
     if state["rng"]["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    return state["step"]
-
-
-def run_paths(cfg):
-    """(checkpoint path, metrics path) in --output_dir, created if needed. A directory that holds a
-    run is refused unless --resume or --overwrite_output_dir says what to do with it."""
-    os.makedirs(cfg.output_dir, exist_ok=True)
-    ckpt_path = os.path.join(cfg.output_dir, "checkpoint.pt")
-    metrics_path = os.path.join(cfg.output_dir, "metrics.jsonl")
-    if os.path.exists(metrics_path) and not (cfg.resume or cfg.overwrite_output_dir):
-        raise ValueError(f"--output_dir {cfg.output_dir} already holds a run: pass --resume to continue it "
-                         "or --overwrite_output_dir to start afresh")
-    if cfg.resume and not os.path.exists(ckpt_path):
-        raise ValueError(f"--resume: no checkpoint at {ckpt_path}")
-    return ckpt_path, metrics_path
 
 
 def metrics_until(path, step):
-    """The metrics logged in path up to `step` (those after a checkpoint are dropped: the resumed run
-    logs them again). A cut-off last line (a kill mid-write) is dropped too; a damaged line before
-    it is an error naming the line."""
-    with open(path) as f:
-        lines = f.read().splitlines()
+    """The metrics logged in path for steps 0..step (those after a checkpoint are dropped: the
+    resumed run logs them again). A cut-off last line (a kill mid-write) is dropped too; a damaged
+    line before it, or a history that misses a step up to `step`, is an error naming the file."""
+    fix = "repair it, or start afresh with --overwrite_output_dir"
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise ValueError(f"--resume: {path} cannot be read ({e.strerror}); {fix}") from None
     history = []
     for n, line in enumerate(lines, 1):
         try:
@@ -74,6 +178,13 @@ def metrics_until(path, step):
                 break
             raise ValueError(f"--resume: {path} line {n} is not JSON; repair or delete the line, or start afresh "
                              "with --overwrite_output_dir") from None
+        if not (isinstance(m, dict) and isinstance(m.get("step"), int)):
+            raise ValueError(f"--resume: {path} line {n} is not a metrics record of this project (no integer 'step'); {fix}")
         if m["step"] <= step:
             history.append(m)
+    steps = [m["step"] for m in history]
+    if steps != list(range(step + 1)):
+        missing = sorted(set(range(step + 1)) - set(steps))
+        what = f"has no record of step {missing[0]}" if missing else "holds a step twice"
+        raise ValueError(f"--resume: {path} {what} (the checkpoint is at step {step}): the history is incomplete; {fix}")
     return history

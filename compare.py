@@ -348,6 +348,14 @@ def main():
         return check_warm_start(cfg, cfg.output_dir)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.jobs < 1:
+        parser.error(f"--jobs {args.jobs}: must be >= 1")
+    if "grpo" not in args.methods:
+        parser.error("--methods must include grpo: every method is reported against it")
+    for flag in ("warm_starts", "seeds", "methods"):
+        values = getattr(args, flag)
+        if len(set(values)) < len(values):
+            parser.error(f"--{flag} {' '.join(map(str, values))}: a value is repeated (two runs would share one directory)")
     if args.bench:
         return bench()
     defaults = gb.GRPOConfig()

@@ -185,6 +185,8 @@ def warm_start(cfg, train_rows, eval_rows, device):
     competence, cached on disk keyed by everything that shapes it (so every method and seed
     starts from the same weights); --warm_start_seed draws an independent one."""
     from transformers import LlamaConfig, LlamaForCausalLM
+    if os.path.exists(cfg.cache_dir) and not os.path.isdir(cfg.cache_dir):
+        raise ValueError(f"--cache_dir {cfg.cache_dir} is a file, not a directory; choose another --cache_dir")
     tokenizer = char_tokenizer()
     spec = {"version": 10, "confusable": CONFUSABLE_SHARE[cfg.task], "layers": 4, "hidden": 128, "heads": 4, "steps": cfg.warm_start_steps,
             "batch": 64, "lr": 3e-3, "operands": cfg.task_operands, "max_operand": cfg.task_max_operand,

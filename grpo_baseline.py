@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
-from checkpoint import load_checkpoint, metrics_until, run_paths, save_checkpoint
+from checkpoint import open_run, restore, save_checkpoint
 from data import check_answer, encode_prompts, evaluate, load_rows, resolve_instruction
 from embedded_task import credit_ground_truth, make_arithmetic_task, warm_start
-from language_model import completion_logprobs, generate, load_policy, pad_batch, stop_ids, unfinished
+from language_model import check_context, completion_logprobs, generate, load_policy, pad_batch, stop_ids, unfinished
 from report import credit_examples, history_last, peak_memory_mb, reset_peak_memory, write_run_report
 
 
@@ -104,7 +104,7 @@ class GRPOConfig:
     warm_start_seed: int = opt(0, "embedded task: seed of the warm start (each seed is an independent draw, cached)")
 
     # options that may differ when a run is resumed (everything else must match the checkpoint)
-    RESUMABLE = ("resume", "max_steps", "eval_steps", "save_steps", "overwrite_output_dir")
+    RESUMABLE = ("resume", "max_steps", "eval_steps", "save_steps", "overwrite_output_dir", "output_dir")
 
     def __post_init__(self):
         bad = []
@@ -124,9 +124,15 @@ class GRPOConfig:
             need(getattr(self, flag) >= 1, flag, "must be >= 1")
         for flag in ("weight_decay", "beta", "warm_start_steps", "max_resample_rounds", "warm_start_seed"):
             need(getattr(self, flag) >= 0, flag, "must be >= 0")
+        for flag in ("seed", "warm_start_seed"):
+            need(abs(getattr(self, flag)) < 2**31, flag, "must be between -2**31 and 2**31")
+        need(self.model or not self.dataset, "dataset", "needs --model: the embedded model only knows the embedded task")
         for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float):  # inf or nan in any option makes every update a NaN, i.e. a no-op
+                need(math.isfinite(value), f.name, "must be a finite number")
             if "choices" in f.metadata:
-                need(getattr(self, f.name) in f.metadata["choices"], f.name, f"must be one of {f.metadata['choices']}")
+                need(value in f.metadata["choices"], f.name, f"must be one of {f.metadata['choices']}")
         bad.extend(self.method_problems())
         if bad:
             raise ValueError("bad option: " + "; ".join(bad))
@@ -141,7 +147,7 @@ def parse_config(config_cls=GRPOConfig, argv=None):
     parser = argparse.ArgumentParser(description=(sys.modules["__main__"].__doc__ or "").split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for f in dataclasses.fields(config_cls):
-        kw = {"default": f.default, "help": f.metadata["help"]}
+        kw = {"default": f.default, "help": f.metadata["help"].replace("%", "%%")}  # argparse %-formats help
         if f.type in (bool, "bool"):
             kw["action"] = argparse.BooleanOptionalAction
         else:
@@ -149,11 +155,31 @@ def parse_config(config_cls=GRPOConfig, argv=None):
             if "choices" in f.metadata:
                 kw["choices"] = f.metadata["choices"]
         parser.add_argument(f"--{f.name}", **kw)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(negative_values_attached(sys.argv[1:] if argv is None else argv))
     try:
         return config_cls(**vars(args))
     except ValueError as e:
         parser.error(str(e))
+
+
+def negative_values_attached(argv):
+    """argparse reads '-1e-4' after a flag as another flag (its negative-number test has no
+    exponent): write such a value as '--flag=-1e-4'."""
+    out = []
+    for arg in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and arg.startswith("-") and is_number(arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
+def is_number(text):
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 # =============================================================================================
@@ -433,22 +459,30 @@ def train(cfg, credit=grpo_credit, loss_fn=grpo_loss, edit_rollouts=None, recred
     """Run RL with the given method (the seams above); returns the run's summary dict. Seam 5,
     preflight(model, tokenizer, eval_rows, cfg) -> metrics for the step-0 record (cepo.py)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    ckpt_path, metrics_path = run_paths(cfg)
+    with open_run(cfg) as run:  # the directory's lock; with --resume the checkpoint, checked, and the history up to it
+        return train_run(run, cfg, device, credit, loss_fn, edit_rollouts, recredit, preflight)
+
+
+def train_run(run, cfg, device, credit, loss_fn, edit_rollouts, recredit, preflight):
+    """train's body, in a run directory open_run has locked and prepared."""
     train_rows, eval_rows = load_task(cfg)
     model_path = cfg.model or warm_start(cfg, train_rows, eval_rows, device)
     model, tokenizer = load_policy(model_path, cfg, device)
     instruction = resolve_instruction(cfg)
     train_rows, prompts = encode_prompts(tokenizer, train_rows, instruction, cfg.max_prompt_length)
+    eval_rows, eval_prompts = encode_prompts(tokenizer, eval_rows, instruction, cfg.max_prompt_length)
+    check_context(model, prompts + eval_prompts, cfg.max_completion_length)
     ref_model = load_policy(model_path, cfg, device)[0].requires_grad_(False) if cfg.beta > 0 else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     reset_peak_memory(device)
-    start = load_checkpoint(ckpt_path, model, optimizer, cfg) if cfg.resume else 0
-    history = metrics_until(metrics_path, start) if cfg.resume else []
-    log = open(metrics_path, "w")
-    log.writelines(json.dumps(m) + "\n" for m in history)
+    start, history = run.start, run.history
+    if run.state is not None:
+        restore(run.state, model, optimizer)
+        run.state = None  # (memory-mapped from the file the next checkpoint replaces)
+    log = open(run.metrics_path, "a")  # open_run left the history up to the checkpoint there, whole
 
     def record(metrics):
         history.append(metrics)
@@ -495,7 +529,7 @@ def train(cfg, credit=grpo_credit, loss_fn=grpo_loss, edit_rollouts=None, recred
         record(metrics)
         bar.set_postfix(reward=f"{metrics['reward']:.2f}", eval=f"{history_last(history, 'eval_acc'):.2f}")
         if step % cfg.save_steps == 0 or step == cfg.max_steps:
-            save_checkpoint(ckpt_path, model, optimizer, step, cfg)
+            save_checkpoint(run.ckpt_path, model, optimizer, step, cfg)
     log.close()
     model.save_pretrained(os.path.join(cfg.output_dir, "final"))
     tokenizer.save_pretrained(os.path.join(cfg.output_dir, "final"))
@@ -510,6 +544,8 @@ def main(config_cls=GRPOConfig, argv=None, **method):
         summary = train(cfg, **method)
     except ValueError as e:  # bad input: name the problem, no traceback
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit(f"interrupted; rerun with --resume to continue {cfg.output_dir} from its last checkpoint")
     print(json.dumps(summary, indent=1))
 
 

@@ -23,7 +23,7 @@ def load_policy(path, cfg, device):
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=cfg.trust_remote_code).to(device)
-    except (OSError, ValueError) as e:  # no such directory or hub id, no weights, an unknown architecture
+    except Exception as e:  # no such directory or hub id, no weights, truncated weights, an unknown architecture
         raise ValueError(f"--model {path}: cannot load a tokenizer and causal LM from it ({first_line(e)}); give a "
                          "directory written by save_pretrained, or a model id this machine can download") from None
     if tokenizer.eos_token_id is None:
@@ -35,6 +35,17 @@ def load_policy(path, cfg, device):
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     return model, tokenizer
+
+
+def check_context(model, prompts, max_completion_length):
+    """The longest prompt and a response of max_completion_length must fit in the model's context
+    (its position embeddings), or generation would index past them."""
+    context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    longest = max(map(len, prompts))
+    if context and longest + max_completion_length > context:
+        raise ValueError(f"a prompt of {longest} tokens + --max_completion_length {max_completion_length} exceed the "
+                         f"model's context of {context} positions; lower --max_prompt_length to at most "
+                         f"{context - max_completion_length} (longer prompts are skipped) or --max_completion_length")
 
 
 def first_line(error):

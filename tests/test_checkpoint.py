@@ -1,10 +1,21 @@
-"""Resuming from something that is not a checkpoint, or from a damaged metrics log, is a clear
-error naming the file, never a traceback or a half-restored run."""
+"""A run's directory under a hostile or unlucky user: a file that is not our checkpoint, a crafted
+pickle, a damaged or shortened metrics log, a kill at the worst moment, a second run in the same
+directory, a checkpoint of another method or model. Each is a clear one-line error naming the file
+(never a traceback, never code run, never a half-restored run), or the run goes on losing nothing."""
+import os
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 
-from checkpoint import load_checkpoint, metrics_until, save_checkpoint
-from grpo_baseline import GRPOConfig
+import cepo
+import grpo_baseline as gb
+from checkpoint import metrics_until, open_run, read_checkpoint, restore, save_checkpoint
+from report import read_metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny():
@@ -17,23 +28,62 @@ def test_a_file_that_is_not_a_checkpoint_is_a_clear_error(tmp_path, contents):
     path = tmp_path / "checkpoint.pt"
     path.write_bytes(contents)
     with pytest.raises(ValueError, match=rf"--resume: {path} is not a checkpoint of this project .*--overwrite_output_dir"):
-        load_checkpoint(str(path), *tiny(), GRPOConfig())
+        read_checkpoint(str(path), gb.GRPOConfig())
 
 
 def test_a_torch_file_of_something_else_is_a_clear_error(tmp_path):
     path = tmp_path / "checkpoint.pt"
     torch.save({"weights": torch.zeros(3)}, path)
     with pytest.raises(ValueError, match=r"is not a checkpoint of this project \(other contents\)"):
-        load_checkpoint(str(path), *tiny(), GRPOConfig())
+        read_checkpoint(str(path), gb.GRPOConfig())
+
+
+class Payload:
+    """Unpickling this runs os.makedirs(marker): what a crafted checkpoint.pt could do with any call."""
+    marker = None
+
+    def __reduce__(self):
+        return os.makedirs, (self.marker,)
+
+
+def test_a_crafted_checkpoint_runs_no_code(tmp_path):
+    path, Payload.marker = tmp_path / "checkpoint.pt", str(tmp_path / "pwned")
+    torch.save({"step": 1, "config": {}, "model": {}, "optimizer": {}, "rng": Payload()}, path)
+    with pytest.raises(ValueError, match="is not a checkpoint of this project"):
+        read_checkpoint(str(path), gb.GRPOConfig())
+    assert not os.path.exists(Payload.marker)
 
 
 def test_a_real_checkpoint_round_trips(tmp_path):
     path = str(tmp_path / "checkpoint.pt")
     model, optimizer = tiny()
-    save_checkpoint(path, model, optimizer, 7, GRPOConfig())
+    save_checkpoint(path, model, optimizer, 7, gb.GRPOConfig())
     fresh, fresh_optimizer = tiny()
-    assert load_checkpoint(path, fresh, fresh_optimizer, GRPOConfig()) == 7
+    state = read_checkpoint(path, gb.GRPOConfig())
+    restore(state, fresh, fresh_optimizer)
+    assert state["step"] == 7
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), fresh.parameters()))
+
+
+def test_a_checkpoint_of_another_method_or_model_is_refused(tmp_path):
+    path = str(tmp_path / "checkpoint.pt")
+    save_checkpoint(path, *tiny(), 2, gb.GRPOConfig(output_dir="runs/x"))
+    with pytest.raises(ValueError, match="is a GRPOConfig run, not a CEPOConfig one"):
+        read_checkpoint(path, cepo.CEPOConfig(output_dir="runs/x"))
+    state = read_checkpoint(path, gb.GRPOConfig(output_dir="runs/elsewhere"))  # a moved run directory resumes
+    with pytest.raises(ValueError, match="the checkpoint does not fit this model .*size mismatch"):
+        restore(state, torch.nn.Linear(2, 3), torch.optim.AdamW(torch.nn.Linear(2, 3).parameters()))
+
+
+def test_method_options_are_compared_even_when_the_checkpoint_lacks_them(tmp_path):
+    path = str(tmp_path / "checkpoint.pt")
+    save_checkpoint(path, *tiny(), 2, gb.GRPOConfig())
+    state = torch.load(path, weights_only=True)
+    del state["method"]  # as written before the method was recorded
+    state["config"].pop("seed")
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=r"options differ from the checkpoint's in \['seed'\]"):
+        read_checkpoint(path, gb.GRPOConfig())
 
 
 def test_a_cut_off_last_metrics_line_is_dropped_and_a_damaged_one_before_it_is_named(tmp_path):
@@ -43,3 +93,77 @@ def test_a_cut_off_last_metrics_line_is_dropped_and_a_damaged_one_before_it_is_n
     path.write_text('{"step": 0}\n{"step": 1, "rew\n{"step": 2}\n')
     with pytest.raises(ValueError, match=rf"{path} line 2 is not JSON"):
         metrics_until(str(path), 2)
+
+
+@pytest.mark.parametrize("text, problem", [
+    ('{"step": 0}\n[1, 2]\n{"step": 2}\n', "line 2 is not a metrics record"),
+    ('{"step": 0}\n{}\n{"step": 2}\n', "line 2 is not a metrics record"),
+    ('{"step": 0}\n{"step": 2}\n', "has no record of step 1"),
+    ("", "has no record of step 0"),
+    ('{"step": 0}\n{"step": 1}\n{"step": 1}\n{"step": 2}\n', "holds a step twice"),
+    (None, "cannot be read"),
+])
+def test_a_metrics_log_that_is_not_ours_or_misses_steps_is_named(tmp_path, text, problem):
+    path = tmp_path / "metrics.jsonl"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(ValueError, match=rf"--resume: {path} .*{problem}"):
+        metrics_until(str(path), 2)
+
+
+def test_a_second_run_in_a_live_runs_directory_is_refused_naming_it(tiny_cfg):
+    cfg = tiny_cfg()
+    with open_run(cfg):
+        for other in (cfg, tiny_cfg(overwrite_output_dir=True)):
+            with pytest.raises(ValueError, match=rf"is in use by another run \(pid {os.getpid()}\)"):
+                gb.train(other)
+    with open_run(cfg):  # released when the first run ends
+        pass
+
+
+def test_overwrite_removes_the_old_run_so_it_cannot_be_resumed(tiny_cfg):
+    gb.train(tiny_cfg(max_steps=2))  # a finished run with its step-2 checkpoint
+
+    def killed(*args):
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):  # the new run dies before its first checkpoint
+        gb.train(tiny_cfg(max_steps=2, overwrite_output_dir=True), credit=killed)
+    with pytest.raises(ValueError, match="--resume: no checkpoint at"):
+        gb.train(tiny_cfg(max_steps=2, resume=True))
+
+
+def test_bad_directories_are_one_line_before_any_work(tiny_cfg, tmp_path, monkeypatch):
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ValueError, match="--cache_dir .* is a file"):  # (the warm start's first check)
+        gb.train(tiny_cfg(cache_dir=str(tmp_path / "a_file")))
+    monkeypatch.setattr(gb, "warm_start", lambda *a: pytest.fail("the warm start ran before the check"))
+    with pytest.raises(ValueError, match="--output_dir .* is a file"):
+        gb.train(tiny_cfg(output_dir=str(tmp_path / "a_file")))
+    cfg = tiny_cfg(resume=True)
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="is not a checkpoint of this project"):
+        gb.train(cfg)
+
+
+KILLED_IN_FIRST_STEP = textwrap.dedent("""
+    import os, signal, sys
+    sys.path.insert(0, {root!r})
+    import grpo_baseline as gb
+    def killed(*args):  # the first step of the resumed run, as a preemption would
+        os.kill(os.getpid(), signal.SIG{signal})
+    gb.train(gb.GRPOConfig(**{cfg!r}), credit=killed)
+""")
+
+
+@pytest.mark.parametrize("signal", ["KILL", "TERM"])
+def test_a_resumed_run_killed_in_its_first_step_loses_no_history(tiny_cfg, signal):
+    cfg = tiny_cfg(max_steps=3)
+    gb.train(cfg)  # checkpoints at steps 2 and 3 (the last)
+    before = read_metrics(cfg.output_dir)
+    options = vars(tiny_cfg(max_steps=4, resume=True))
+    code = KILLED_IN_FIRST_STEP.format(root=ROOT, signal=signal, cfg=options)
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode != 0
+    assert read_metrics(cfg.output_dir) == before  # steps 0-3: the history up to the checkpoint, whole
+    summary = gb.train(tiny_cfg(max_steps=4, resume=True))  # and the run can still finish
+    assert summary["steps"] == 4 and [m["step"] for m in read_metrics(cfg.output_dir)] == [0, 1, 2, 3, 4]

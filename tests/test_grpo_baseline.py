@@ -206,3 +206,45 @@ def test_options_parse_with_trl_names():
     cfg = gb.parse_config(gb.GRPOConfig, ["--num_generations", "4", "--epsilon_high", "0.2", "--beta", "0.04",
                                           "--scale_rewards", "none", "--resume"])
     assert (cfg.num_generations, cfg.epsilon_high, cfg.beta, cfg.scale_rewards, cfg.resume) == (4, 0.2, 0.04, "none", True)
+
+
+def tiny_llama_dir(path, **config):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    tok = char_tokenizer()
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                                 **config)).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def test_prompts_and_responses_must_fit_the_models_context_and_held_out_prompts_are_filtered(tmp_path, monkeypatch):
+    model = tiny_llama_dir(tmp_path / "model", max_position_embeddings=64)
+    os.makedirs(tmp_path / "data")
+    short = [{"question": f"{a}+{a}?", "answer": str(2 * a)} for a in range(12)]
+    for split, rows in (("train", short), ("test", short[:3] + [{"question": "9+" * 100 + "9?", "answer": "909"}])):
+        (tmp_path / "data" / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = dict(model=model, dataset=str(tmp_path / "data"), instruction="", max_prompt_length=40, prompts_per_step=2,
+               num_generations=2, max_steps=1, eval_size=8)
+    evaluated = []
+
+    def evaluate(model, tokenizer, rows, *args):
+        evaluated.append([r["question"] for r in rows])
+        return 0.0
+    monkeypatch.setattr(gb, "evaluate", evaluate)
+    gb.train(gb.GRPOConfig(**cfg, max_completion_length=20, output_dir=str(tmp_path / "fits")))
+    assert evaluated[0] == [r["question"] for r in short[:3]]  # the 201-character held-out prompt was skipped
+    evaluated.clear()
+    with pytest.raises(ValueError, match="a prompt of 7 tokens \\+ --max_completion_length 60 exceed the model's context of "
+                                         "64 positions; lower --max_prompt_length to at most 4"):
+        gb.train(gb.GRPOConfig(**cfg, max_completion_length=60, output_dir=str(tmp_path / "too_long")))
+    assert not evaluated  # refused before the step-0 evaluation
+
+
+def test_a_truncated_weights_file_is_one_line(tmp_path):
+    path = tiny_llama_dir(tmp_path / "model")
+    weights = tmp_path / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match=f"--model {path}: cannot load a tokenizer and causal LM from it"):
+        load_policy(path, gb.GRPOConfig(), torch.device("cpu"))

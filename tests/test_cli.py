@@ -1,0 +1,112 @@
+"""The command lines as a careless user or an adversary meets them: --help works, and any value of
+any option either parses into a config or exits with one line naming the flag; compare.py refuses,
+before any training, what would hang it or crash it after the training."""
+import contextlib
+import dataclasses
+import io
+import os
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import cepo
+import compare
+import gcpo
+import gold
+import grpo_baseline as gb
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = [gb.GRPOConfig, gcpo.GCPOConfig, cepo.CEPOConfig, gold.GoldConfig]
+
+
+def test_help_of_an_entry_point_as_the_readme_prints_it():
+    out = subprocess.run([sys.executable, "gcpo.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "--weight_norm" in out.stdout and "70% confusable" in out.stdout
+
+
+@pytest.mark.parametrize("config_cls", CONFIGS)
+def test_help_lists_every_option(config_cls, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        gb.parse_config(config_cls, ["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert all(f"--{f.name}" in text for f in dataclasses.fields(config_cls))
+
+
+def test_compare_help(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["compare.py", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        compare.main()
+    assert exit_info.value.code == 0 and "--warm_starts" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, flag, problem", [
+    (["--beta", "inf"], "--beta", "finite"),
+    (["--weight_decay", "inf"], "--weight_decay", "finite"),
+    (["--learning_rate", "nan"], "--learning_rate", "finite"),
+    (["--learning_rate", "-1e-4"], "--learning_rate", "must be > 0"),  # a negative value after its flag is a value
+    (["--seed", "99999999999999999999"], "--seed", "2\\*\\*31"),
+    (["--dataset", "data.jsonl"], "--dataset", "needs --model"),
+])
+def test_values_that_would_make_a_run_a_no_op_or_crash_are_refused_at_parse_time(argv, flag, problem, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        gb.parse_config(gb.GRPOConfig, argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and flag in err and problem.replace("\\", "") in err.replace("\\", "")
+
+
+@pytest.mark.parametrize("config_cls, argv, flag", [
+    (gcpo.GCPOConfig, ["--entropy_coef", "nan"], "--entropy_coef"),
+    (gold.GoldConfig, ["--max_log_ratio", "nan"], "--max_log_ratio"),
+    (cepo.CEPOConfig, ["--lambda_init", "inf"], "--lambda_init"),
+])
+def test_method_options_are_checked_the_same_way(config_cls, argv, flag, capsys):
+    with pytest.raises(SystemExit):
+        gb.parse_config(config_cls, argv)
+    assert f"{flag}=" in capsys.readouterr().err
+
+
+def test_a_negative_value_after_its_flag_parses():
+    assert gb.parse_config(gb.GRPOConfig, ["--seed", "-3"]).seed == -3
+    assert gb.parse_config(gold.GoldConfig, ["--max_log_ratio", "-1e-1"]).max_log_ratio == -0.1
+
+
+JUNK = st.one_of(st.text(max_size=30), st.sampled_from(["nan", "inf", "-inf", "-1e-4", "1e308", "-0", "0x10", "",
+                                                        "99999999999999999999", "1_000", " 3 ", "--", "-"]),
+                 st.integers().map(str), st.floats().map(str))
+
+
+@settings(max_examples=300)
+@given(config_cls=st.sampled_from(CONFIGS), data=st.data(), value=JUNK)
+def test_any_value_of_any_option_parses_or_is_one_line_naming_the_flag(config_cls, data, value):
+    """The argument parser under junk: either a config whose every number is finite, or exit code 2
+    with one error line that names the flag, never a traceback."""
+    field = data.draw(st.sampled_from([f for f in dataclasses.fields(config_cls)]))
+    argv = [f"--{field.name}", value] if field.type not in (bool, "bool") else [f"--{field.name}={value}"]
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            cfg = gb.parse_config(config_cls, argv)
+    except SystemExit as e:
+        lines = [line for line in err.getvalue().splitlines() if ": error:" in line]
+        assert e.code == 2 and len(lines) == 1 and f"--{field.name}" in lines[0], err.getvalue()
+    else:
+        assert all(not isinstance(v, float) or v == v and abs(v) != float("inf") for v in vars(cfg).values())
+
+
+@pytest.mark.parametrize("argv, problem", [
+    (["--jobs", "0"], "--jobs 0: must be >= 1"),
+    (["--jobs", "-1"], "--jobs -1: must be >= 1"),
+    (["--methods", "gcpo", "cepo"], "--methods must include grpo"),
+    (["--seeds", "0", "0"], "--seeds 0 0: a value is repeated"),
+    (["--warm_starts", "1", "1"], "--warm_starts 1 1: a value is repeated"),
+])
+def test_compare_refuses_before_training_what_would_hang_or_crash_it(argv, problem, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["compare.py", "--quick", *argv])
+    monkeypatch.setattr(compare, "run_all", lambda *a: pytest.fail("training started"))
+    with pytest.raises(SystemExit) as exit_info:
+        compare.main()
+    assert exit_info.value.code == 2 and problem in capsys.readouterr().err
