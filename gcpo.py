@@ -121,13 +121,18 @@ def gcpo_token_advantages(adv, logp_pos, logp_neg, mask, norm="hist", temperatur
 
 
 def negative_prompt(tokenizer, row, cfg):
-    """Token ids of x-. 'wrong_answer': the question, the instruction and a request for a wrong
-    answer (--negative_instruction), in the user turn; 'empty_prompt': the question removed (the
-    row's blank_question, or the reference's generic 'Answer the question.')."""
-    instruction = resolve_instruction(cfg)
+    """Token ids of x-: negative_text of the row's question and the instruction, as the user turn."""
+    return prompt_ids(tokenizer, negative_text(row["question"], resolve_instruction(cfg), cfg, row.get("blank_question")))
+
+
+def negative_text(question, instruction, cfg, blank_question=None):
+    """The user turn of x-. 'wrong_answer': the question, the instruction and a request for a wrong
+    answer (--negative_instruction); 'empty_prompt': the question removed (blank_question, or the
+    reference's generic 'Answer the question.'), the instruction kept. trl_credit.py builds its
+    x- with it too."""
     if cfg.negative == "wrong_answer":
-        return prompt_ids(tokenizer, row["question"], instruction + resolve_negative_instruction(cfg))
-    return prompt_ids(tokenizer, row.get("blank_question") or EMPTY_QUESTION, instruction)
+        return question + instruction + resolve_negative_instruction(cfg)
+    return (blank_question or EMPTY_QUESTION) + instruction
 
 
 def resolve_negative_instruction(cfg):
