@@ -6,6 +6,8 @@ import dataclasses
 import inspect
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 
@@ -19,6 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 import grpo_baseline as gb  # noqa: E402
+import train_trl  # noqa: E402
 import trl_credit  # noqa: E402
 from cepo import cepo_token_advantages, hint_ids, lambda_at, wrong_answer_hints  # noqa: E402
 from data import prompt_ids, reward_fn  # noqa: E402
@@ -484,26 +487,70 @@ def torchrun(*argv, processes=2):
                            *argv], capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
 
 
-@pytest.mark.parametrize("method, flags", [
-    ("cepo", ["--lambda_init", "0.5"]),
-    ("gold", ["--importance_sampling_level", "sequence", "--loss_type", "grpo", "--epsilon", "3e-4", "--epsilon_high", "4e-4"])])
-def test_the_readme_command_trains_on_two_processes(warm, tmp_path, method, flags):
-    """train_trl.py as the README launches it (torchrun; accelerate launch starts the same), on 2 CPU
-    processes with the tiny model and a local dataset: it trains, saves, and logs the method's
-    metrics. The model, the data, the process count, the sizes and the CPU flags differ from the README."""
+def documented_commands():
+    """Every train_trl.py command README.md and docs/trl.md print in a bash block: (page, argv)."""
+    commands = []
+    for page in ("README.md", os.path.join("docs", "trl.md")):
+        with open(os.path.join(ROOT, page), encoding="utf-8") as f:
+            blocks = re.findall(r"```bash\n(.*?)```", f.read(), re.S)
+        for line in "\n".join(blocks).replace("\\\n", " ").splitlines():
+            if "train_trl.py" in line and not line.lstrip().startswith("#"):
+                commands.append((page, shlex.split(line)))
+    return commands
+
+
+def local(argv, **swaps):
+    """A documented command with only what this machine needs swapped: the values of the flags in
+    `swaps` (model, dataset, output folder, sizes, process count), then --use_cpu (TRL turns bf16
+    on by default and refuses it without a GPU unless told the run is on the CPU)."""
+    argv = list(argv)
+    for flag, value in swaps.items():
+        argv[argv.index(flag) + 1] = value
+    return argv + ["--use_cpu"]
+
+
+def sizes(model, data, out):
+    return {"--nproc_per_node": "2", "--model": model, "--dataset": data, "--output_dir": out,
+            "--per_device_train_batch_size": "4", "--num_generations": "4", "--max_completion_length": "32", "--max_steps": "2"}
+
+
+def test_every_documented_command_parses_as_printed(tmp_path):
+    """Flags as the docs print them, --bf16 bare included: it means bf16=True."""
+    commands = documented_commands()
+    assert {argv[argv.index("--method") + 1] for _, argv in commands} == {"cepo", "gold", "gcpo"}
+    for page, argv in commands:
+        assert "--bf16" in argv, page
+        run = local(argv, **sizes("some/model", "rows.jsonl", str(tmp_path)))
+        trainer, script, args, options = train_trl.parse(run[run.index("train_trl.py") + 1:])
+        assert args.bf16 is True and args.per_device_train_batch_size == 4 and script.model == "some/model"
+
+
+@pytest.mark.parametrize("method", ["cepo", "gold"])
+def test_the_documented_command_trains_on_two_processes(warm, tmp_path, method):
+    """The command README.md and docs/trl.md print for the method, run as printed (torchrun; accelerate
+    launch starts the same) on 2 CPU processes: it trains, saves, and logs the method's metrics.
+    Swapped: the model (the tiny warm start), the dataset (a local file), the output folder, the
+    sizes and process count; added: --use_cpu. (GCPO's documented command needs vLLM, which is
+    not installed here: it is only parsed, above.)"""
+    argv = next(argv for _, argv in documented_commands() if argv[argv.index("--method") + 1] == method)
     data = tmp_path / "sum.jsonl"
-    data.write_text("".join(json.dumps({"question": r["prompt"].strip(), "answer": r["solution"]}) + "\n" for r in warm[2]))
+    data.write_text("".join(json.dumps({"question": r["question"], "answer": r["solution"]}) + "\n" for r in warm[2]))
     out = tmp_path / "run"
-    run = torchrun("train_trl.py", "--method", method, "--model", warm[0], "--dataset", str(data), "--instruction", "",
-                   "--output_dir", str(out), "--per_device_train_batch_size", "4", "--num_generations", "4",
-                   "--max_completion_length", "32", "--max_steps", "2", "--use_cpu", "--report_to", "none",
-                   "--save_strategy", "no", "--logging_steps", "1", *flags)
+    run = torchrun(*local(argv, **sizes(warm[0], str(data), str(out)))[argv.index("train_trl.py"):], processes=2)
     assert run.returncode == 0, run.stderr[-3000:]
     assert (out / "model.safetensors").exists()
     logged = json.loads((out / "trainer_state.json").read_text())["log_history"]
     key = {"cepo": "cepo/lambda", "gold": "gold/injections"}[method]
     assert [step["step"] for step in logged if key in step] == [1, 2]
-    assert max(step["reward"] for step in logged if "reward" in step) > 0  # the prompts are the form the model reads
+
+
+def test_the_script_help_lists_its_options_and_hides_refused_ones(capsys):
+    train_trl.main(["--help"])
+    text = capsys.readouterr().out
+    assert all(flag in text for flag in ("--method", "--model", "--dataset", "--question_field", "trl.GRPOConfig"))
+    train_trl.main(["--method", "gcpo", "--help"])
+    text = capsys.readouterr().out
+    assert "--weight_norm" in text and "--entropy_coef" not in text
 
 
 def test_the_script_names_bad_input_in_one_line(tmp_path):
@@ -519,3 +566,10 @@ def test_the_script_names_bad_input_in_one_line(tmp_path):
                               str(tmp_path / "m"), "--dataset", str(dataset), "--output_dir", str(tmp_path), "--use_cpu"],
                              capture_output=True, text=True, cwd=ROOT, timeout=300)
         assert run.returncode != 0 and run.stderr.strip().splitlines()[-1].startswith(error)
+    # refusals come before the dataset and the model load (neither exists here)
+    for flags, error in ((["--method", "gcpo", "--entropy_coef", "0.01"], "error: GCPOTrainer(entropy_coef=...): "),
+                         (["--method", "cepo", "--importance_sampling_level", "sequence", "--loss_type", "grpo"],
+                          "error: CEPOTrainer with GRPOConfig(importance_sampling_level='sequence', loss_type='grpo'): ")):
+        with pytest.raises(SystemExit, match=re.escape(error)):
+            train_trl.main([*flags, "--model", str(tmp_path / "m"), "--dataset", str(missing), "--output_dir", str(tmp_path),
+                            "--use_cpu"])
