@@ -456,6 +456,20 @@ def test_a_sequence_level_ratio_is_refused_where_it_cancels_token_credit(tmp_pat
         cls.check_trl_config(cpu_args(tmp_path, importance_sampling_level=level, loss_type=loss), method)
 
 
+def test_why_the_sequence_level_is_refused_gcpo_credit_gives_grpos_gradient_there(warm, tmp_path):
+    """The premise of the refusal, on TRL's own loss: with GCPO's token advantages the gradient at
+    the sequence level equals the one with GRPO's uniform advantages; at the token level it
+    does not."""
+    t = trainer(GCPOTrainer, warm, tmp_path, weight_norm="mean")
+    out, grpo = scored(t, batch(warm, 4))
+    uniform = dict(out, advantages=grpo["advantages"][:, None] * out["completion_mask"])
+    for level, same in (("sequence", True), ("token", False)):
+        t.importance_sampling_level, t.loss_type = level, "grpo"
+        _, credited = loss_and_grads(t, out)
+        _, plain = loss_and_grads(t, uniform)
+        assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(credited, plain)) == same
+
+
 def test_a_misspelt_keyword_names_the_trainer_and_the_nearest_option(tmp_path):
     missing = str(tmp_path / "no-model")
     for cls, typo, meant in ((GCPOTrainer, "weight_nrom", "weight_norm"), (CEPOTrainer, "lamda_init", "lambda_init"),
@@ -523,6 +537,16 @@ def test_every_documented_command_parses_as_printed(tmp_path):
         run = local(argv, **sizes("some/model", "rows.jsonl", str(tmp_path)))
         trainer, script, args, options = train_trl.parse(run[run.index("train_trl.py") + 1:])
         assert args.bf16 is True and args.per_device_train_batch_size == 4 and script.model == "some/model"
+
+
+def test_every_documented_trainer_call_passes_reward_funcs():
+    """TRL refuses a GRPOTrainer without a reward source: a call the docs print must have one."""
+    for page in ("README.md", os.path.join("docs", "trl.md"), "trl_credit.py"):
+        with open(os.path.join(ROOT, page), encoding="utf-8") as f:
+            calls = re.findall(r"(?:GCPO|CEPO|Gold)Trainer\(model=[^)]*\)", f.read())  # up to its first ')'
+        assert calls, page
+        for call in calls:
+            assert "reward_funcs=" in call, f"{page}: {call}"
 
 
 @pytest.mark.parametrize("method", ["cepo", "gold"])
