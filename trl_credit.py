@@ -357,11 +357,10 @@ class CEPOTrainer(TokenCreditTrainer):
         if rlsd:
             minus = plus
         else:
-            hints = self.wrong_answers(out)
-            self._metrics["train"]["cepo/r_minus_groups"].append(sum(h is not None for h in hints) / len(hints))
-            first = self.accelerator.process_index * len(plus)  # this rank's first row in the gathered batch
+            wrong, share = self.wrong_answers(out)
+            self._metrics["train"]["cepo/r_minus_groups"].append(share)
             # r- = r+ where there is no wrong answer (or no answer): Δ = 0, GRPO's credit, as cepo.py
-            minus = [hints[(first + i) // self.num_generations] or a if a else a for i, a in enumerate(plus)]
+            minus = [m if m is not None and a else a for m, a in zip(wrong, plus)]
         rows = self.rows_to_score((out["advantages"] != 0) & torch.tensor([rlsd or m != a for m, a in zip(minus, plus)],
                                                                           device=out["advantages"].device))
         token_adv = out["advantages"][:, None] * self.loss_mask(out)
@@ -384,10 +383,14 @@ class CEPOTrainer(TokenCreditTrainer):
         return out
 
     def wrong_answers(self, out):
-        """r- of each group of the whole batch (wrong_answer_hints), which may span ranks: the texts
-        are gathered, TRL's rewards already are."""
+        """(r- of each of this rank's rows, the share of groups that have one): its group's
+        (wrong_answer_hints), over the whole group, which may span ranks: the texts are gathered,
+        TRL's rewards already are."""
         texts = gather_object(self.processing_class.batch_decode(out["completion_ids"], skip_special_tokens=True))
-        return wrong_answer_hints(texts, self.total_reward(self._rewards).cpu(), self.num_generations)
+        hints = wrong_answer_hints(texts, self.total_reward(self._rewards).cpu(), self.num_generations)
+        first = self.accelerator.process_index * len(out["completion_ids"])  # this rank's first row in the gathered batch
+        return ([hints[(first + i) // self.num_generations] for i in range(len(out["completion_ids"]))],
+                sum(h is not None for h in hints) / len(hints))
 
 
 class GoldTrainer(CreditTrainer):
