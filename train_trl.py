@@ -91,8 +91,11 @@ def parse(argv):
     trainer = trainer_of(argv)
     options_parser = add_method_options(argparse.ArgumentParser(prog="train_trl.py --method ...", add_help=False), trainer)
     options = vars(options_parser.parse_known_args(argv)[0])
-    script, args, rest = trl_parser().parse_args_into_dataclasses(argv, return_remaining_strings=True)
-    options_parser.parse_args(rest)  # anything left that is not the method's option is an error
+    parser = trl_parser()
+    # anything that is neither TRL's nor the method's option is an error, said before GRPOConfig's own
+    # checks run (bf16 without a GPU, ...), which would hide it
+    options_parser.parse_args(parser.parse_known_args(argv)[1])
+    script, args, _ = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
     if not script.model or not script.dataset:
         raise ValueError("--model and --dataset are required")
     if trainer is not GRPOTrainer:

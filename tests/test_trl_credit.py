@@ -577,7 +577,7 @@ def test_the_script_help_lists_its_options_and_hides_refused_ones(capsys):
     assert "--weight_norm" in text and "--entropy_coef" not in text
 
 
-def test_the_script_names_bad_input_in_one_line(tmp_path):
+def test_the_script_names_bad_input_in_one_line(tmp_path, capsys):
     """A bad method option (before anything loads), a missing dataset file, a model that is not
     there: each one line naming it."""
     data = tmp_path / "rows.jsonl"
@@ -590,6 +590,12 @@ def test_the_script_names_bad_input_in_one_line(tmp_path):
                               str(tmp_path / "m"), "--dataset", str(dataset), "--output_dir", str(tmp_path), "--use_cpu"],
                              capture_output=True, text=True, cwd=ROOT, timeout=300)
         assert run.returncode != 0 and run.stderr.strip().splitlines()[-1].startswith(error)
+    # a misspelt option or another method's is named first, before TRL's own checks (here: bf16 without a GPU)
+    for flags, error in ((["--method", "cepo", "--lamda_init", "0.5"], "unrecognized arguments: --lamda_init 0.5"),
+                         (["--method", "gcpo", "--lambda_init", "0.5"], "unrecognized arguments: --lambda_init 0.5")):
+        with pytest.raises(SystemExit):
+            train_trl.main([*flags, "--model", str(tmp_path / "m"), "--dataset", str(data), "--output_dir", str(tmp_path)])
+        assert capsys.readouterr().err.strip().splitlines()[-1].endswith(error)
     # refusals come before the dataset and the model load (neither exists here)
     for flags, error in ((["--method", "gcpo", "--entropy_coef", "0.01"], "error: GCPOTrainer(entropy_coef=...): "),
                          (["--method", "cepo", "--importance_sampling_level", "sequence", "--loss_type", "grpo"],
