@@ -77,12 +77,13 @@ class CreditTrainer(GRPOTrainer):
     @classmethod
     def check_keywords(cls, names):
         """A keyword neither GRPOTrainer nor this trainer takes: TypeError naming the closest one."""
-        valid = (set(inspect.signature(GRPOTrainer.__init__).parameters) - {"self"}) | {f.name for f in cls.options()} \
-            | set(cls.NOT_HERE) | set(cls.COLUMNS) | set(inspect.signature(cls.__init__).parameters) - {"self", "args", "kwargs"}
-        for name in sorted(set(names) - valid):
-            close = difflib.get_close_matches(name, sorted(valid), n=1)
+        own = set(inspect.signature(cls.__init__).parameters) - {"self", "args", "kwargs"}  # *args, **kwargs
+        valid = sorted(((set(inspect.signature(GRPOTrainer.__init__).parameters) - {"self"}) | {f.name for f in cls.options()}
+                        | set(cls.COLUMNS) | own) - set(cls.NOT_HERE))  # those reach their refusal, which says why
+        for name in sorted(set(names) - set(valid) - set(cls.NOT_HERE)):
+            close = difflib.get_close_matches(name, valid, n=1)
             raise TypeError(f"{cls.__name__}() got an unexpected keyword argument {name!r}"
-                            + (f": did you mean {close[0]}=?" if close else f"; it takes {', '.join(sorted(valid))}"))
+                            + (f": did you mean {close[0]}=?" if close else f"; it takes {', '.join(valid)}"))
 
     @classmethod
     def check_trl_config(cls, args, method):

@@ -478,6 +478,9 @@ def test_a_misspelt_keyword_names_the_trainer_and_the_nearest_option(tmp_path):
         with pytest.raises(TypeError, match=f"^{cls.__name__}\\(\\) got an unexpected keyword argument '{typo}': "
                                             f"did you mean {meant}=\\?$"):
             cls(model=missing, **{typo: 1})
+    with pytest.raises(TypeError, match="argument 'lambda_init'; it takes answer_column, args, ") as caught:  # CEPO's
+        GCPOTrainer(model=missing, lambda_init=0.5)
+    assert "weight_norm" in str(caught.value) and "entropy_coef" not in str(caught.value)  # refused: not offered
 
 
 def test_gold_refuses_column_and_reward_roles_it_cannot_tell_apart(tmp_path):
