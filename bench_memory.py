@@ -20,15 +20,20 @@ from report import peak_memory_mb, reset_peak_memory
 N, PROMPT, LENGTH, VOCAB = 8, 20, 300, 151936
 
 
+def random_qwen(device):
+    """The benchmark's model: a random 10 M-parameter Qwen2 with Qwen2.5's vocabulary (bench_trl.py's too)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    torch.manual_seed(0)
+    return Qwen2ForCausalLM(Qwen2Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                                        max_position_embeddings=1024)).to(device)
+
+
 def measure(phase, chunked):
     """Peak MB above the baseline of one `phase` ('score': no-grad log-probs and entropy as the
     rollout computes them; 'update': log-probs with grad and the backward)."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-                                         max_position_embeddings=1024)).to(device)
+    model = random_qwen(device)
     prompt_ids, completion_ids = torch.randint(0, VOCAB, (N, PROMPT), device=device), torch.randint(0, VOCAB, (N, LENGTH), device=device)
     ones = torch.ones(N, PROMPT, device=device), torch.ones(N, LENGTH, device=device)
     reset_peak_memory(device)

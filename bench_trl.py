@@ -1,6 +1,8 @@
-"""Our GRPO step against TRL's GRPOTrainer, same process, same model, tokenizer, prompts and shapes.
+"""Our GRPO step against TRL's GRPOTrainer, same process, same model, tokenizer, prompts and shapes;
+then the peak memory of each one's update pass with a real vocabulary.
 
-    python bench_trl.py        # also part of ./run.sh bench
+    python bench_trl.py            # also part of ./run.sh bench
+    python bench_trl.py --memory   # only the memory comparison
 
 A random 4-layer, 128-wide Llama (the embedded model's architecture, the same seed for both), the
 character tokenizer and the embedded task's prompts and reward; one PPO epoch, token-mean loss,
@@ -8,21 +10,33 @@ clip 0.2 / 0.28, learning rate 1e-4, temperature 1 with no top-k / top-p, no KL,
 EOS (a random model rarely samples it, so both generate the full length). Seconds per optimizer
 step after one warm-up step: ours split by phase from metrics.jsonl; TRL's from a TrainerCallback,
 its generation from TRL's own profiling spans.
+
+Memory: bench_memory.py's shapes (a random 10 M-parameter Qwen2 with Qwen2.5's 151,936-token
+vocabulary, 8 responses of 300 tokens in one micro-batch); the update pass as each trainer runs
+it (log-probs and entropy with grad, then the backward): ours through completion_logprobs (its
+chunked LM head), TRL's through GRPOTrainer._get_per_token_logps_and_entropies (TRL 1.16's fused
+LM head). Each in its own process; the peak above the process's memory after loading (resident
+memory on a CPU, allocated memory on a GPU).
 """
 import contextlib
 import io
+import json
 import os
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
 import torch
 
+import bench_memory
 import grpo_baseline as gb
 from data import check_answer, prompt_ids
 from embedded_task import char_tokenizer
-from report import phase_means, read_metrics
+from language_model import completion_logprobs
+from report import peak_memory_mb, phase_means, read_metrics, reset_peak_memory
 
 SHAPES = ((8, 8, 32), (16, 8, 64), (16, 16, 64), (16, 16, 128))  # prompts, responses per prompt, new tokens
 
@@ -94,6 +108,47 @@ def trl_grpo(path, P, G, T, steps, out):
     return statistics.mean(step_times[1:]), statistics.mean(generate.get(k, 0.0) for k in range(1, steps + 1))
 
 
+def update_peak_mb(side):
+    """Peak MB above the loaded baseline of one update pass, `side` 'ours' or 'trl' (see above)."""
+    N, P, L = bench_memory.N, bench_memory.PROMPT, bench_memory.LENGTH
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = bench_memory.random_qwen(device)
+    prompt_ids, completion_ids = (torch.randint(0, bench_memory.VOCAB, (N, n), device=device) for n in (P, L))
+    if side == "trl":
+        from datasets import Dataset
+        from transformers import AutoTokenizer
+        from trl import GRPOConfig, GRPOTrainer
+        tokenizer = AutoTokenizer.from_pretrained(os.path.join(os.path.dirname(os.path.abspath(__file__)), "tests", "fixtures",
+                                                               "qwen2.5-tokenizer"))
+        with tempfile.TemporaryDirectory() as out:
+            trainer = GRPOTrainer(model=model, reward_funcs=[lambda completions, **kw: [0.0] * len(completions)],
+                                  args=GRPOConfig(output_dir=out, per_device_train_batch_size=N, num_generations=N,
+                                                  max_completion_length=L, use_cpu=device.type == "cpu", bf16=False,
+                                                  gradient_checkpointing=False, report_to="none"),
+                                  train_dataset=Dataset.from_list([{"prompt": "1+1="}] * N), processing_class=tokenizer)
+        model = trainer.model
+    reset_peak_memory(device)
+    base = peak_memory_mb(device)
+    if side == "trl":
+        ids = torch.cat([prompt_ids, completion_ids], 1)
+        logp, _, _ = trainer._get_per_token_logps_and_entropies(model, ids, torch.ones_like(ids), L, batch_size=N,
+                                                                compute_entropy=True)
+    else:
+        ones = torch.ones(N, P, device=device), torch.ones(N, L, device=device)
+        logp, _ = completion_logprobs(model, prompt_ids, ones[0], completion_ids, ones[1], 1.0, N, grad=True, entropy=True)
+    logp.sum().backward()
+    return peak_memory_mb(device) - base
+
+
+def memory():
+    print(f"\nupdate pass, peak memory: random 10 M-parameter Qwen2, {bench_memory.VOCAB:,}-token vocabulary, "
+          f"{bench_memory.N} x {bench_memory.LENGTH} tokens in one micro-batch")
+    print("| ours MB | TRL MB | ours / TRL |\n|---|---|---|")
+    peaks = [json.loads(subprocess.run([sys.executable, __file__, "--memory", side], capture_output=True, text=True,
+                                       check=True).stdout.strip().splitlines()[-1]) for side in ("ours", "trl")]
+    print(f"| {peaks[0]:.0f} | {peaks[1]:.0f} | {peaks[0] / peaks[1]:.2f} |", flush=True)
+
+
 def main(steps=4):
     try:
         import trl
@@ -113,7 +168,13 @@ def main(steps=4):
                   f"{phases['t_update']:.3f}) | {theirs:.3f} ({their_generate:.3f}) | {total / theirs:.2f} |", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    memory()
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--memory"] and len(sys.argv) == 3:
+        print(json.dumps(update_peak_mb(sys.argv[2])))
+    elif sys.argv[1:] == ["--memory"]:
+        memory()
+    else:
+        main()

@@ -121,13 +121,13 @@ def gcpo_token_advantages(adv, logp_pos, logp_neg, mask, norm="hist", temperatur
 
 
 def negative_prompt(tokenizer, row, cfg):
-    """Token ids of x-. 'wrong_answer': the question, the instruction and a request for a wrong
-    answer (--negative_instruction), in the user turn; 'empty_prompt': the question removed (the
-    row's blank_question, or the reference's generic 'Answer the question.')."""
-    instruction = resolve_instruction(cfg)
-    if cfg.negative == "wrong_answer":
-        return prompt_ids(tokenizer, row["question"], instruction + resolve_negative_instruction(cfg))
-    return prompt_ids(tokenizer, row.get("blank_question") or EMPTY_QUESTION, instruction)
+    """Token ids of x-, the user turn that negative_text builds from the row's question and the
+    instruction. 'wrong_answer': the question, the instruction and a request for a wrong answer
+    (--negative_instruction); 'empty_prompt': the question removed (the row's blank_question, or
+    the reference's generic 'Answer the question.'), the instruction kept. trl_credit.py builds
+    its x- with negative_text too, in whatever prompt form TRL was given.
+    """
+    return prompt_ids(tokenizer, negative_text(row["question"], resolve_instruction(cfg), cfg, row.get("blank_question")))
 
 
 def resolve_negative_instruction(cfg):
@@ -221,6 +221,13 @@ def negative_contrast(model, tokenizer, rows, cfg):
                                 [prompt_ids(tokenizer, r["question"], instruction) for r in rows],
                                 [negative_prompt(tokenizer, r, cfg) for r in rows],
                                 cfg.temperature, cfg.micro_batch_size).mean().item()
+
+
+def negative_text(question, instruction, cfg, blank_question=None):
+    """The user turn of x- (see negative_prompt), as text."""
+    if cfg.negative == "wrong_answer":
+        return question + instruction + resolve_negative_instruction(cfg)
+    return (blank_question or EMPTY_QUESTION) + instruction
 
 
 METHOD = {"credit": gcpo_credit, "loss_fn": gcpo_loss, "recredit": gcpo_recredit}  # the seams it replaces

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from datasets import Dataset
 from transformers import AutoTokenizer, HfArgumentParser
+from transformers.hf_argparser import string_to_bool
 from trl import GRPOConfig, GRPOTrainer
 
 import grpo_baseline as gb
@@ -44,29 +45,70 @@ def correct(completions, answer, **kwargs):
     return [reward_fn(c[-1]["content"] if isinstance(c, list) else c, a) for c, a in zip(completions, answer)]
 
 
-def method_options(trainer, argv):
-    """The method's own options (--lambda_init 0.5 ...), from what HfArgumentParser left over."""
-    parser = argparse.ArgumentParser(prog="train_trl.py --method ...", description=f"{trainer.__name__}'s own options; "
-                                     "every trl.GRPOConfig argument is accepted too")
+def add_method_options(parser, trainer):
+    """The method's own options (--lambda_init 0.5 ...). Options the trainer refuses (NOT_HERE) are
+    parsed, so that the refusal says why, but not listed in the help."""
     for f in getattr(trainer, "options", list)():
-        parser.add_argument(f"--{f.name}", type=f.type, default=argparse.SUPPRESS, help=f.metadata["help"],
-                            choices=f.metadata.get("choices"))
-    return parser, vars(parser.parse_known_args(argv)[0])
+        hidden = f.name in getattr(trainer, "NOT_HERE", {})
+        parser.add_argument(f"--{f.name}", type=f.type, default=argparse.SUPPRESS, choices=f.metadata.get("choices"),
+                            help=argparse.SUPPRESS if hidden else f.metadata["help"])
+    return parser
+
+
+def usage(trainer):
+    """--help: this script's options and the method's, then where TRL's are."""
+    parser = HfArgumentParser(Script, prog="train_trl.py", description=__doc__.split("\n\n")[0],
+                              epilog="Every trl.GRPOConfig argument is accepted too (--per_device_train_batch_size, "
+                              "--num_generations, --max_completion_length, --bf16, --use_vllm, ...): "
+                              "python -c 'import trl; help(trl.GRPOConfig)' lists them."
+                              + (" --method gcpo|cepo|gold --help lists a method's own options." if trainer is GRPOTrainer
+                                 else ""))
+    if trainer is not GRPOTrainer:
+        add_method_options(parser.add_argument_group(f"{trainer.__name__}'s own options"), trainer)
+    return parser.format_help()
+
+
+def trl_parser():
+    """HfArgumentParser over Script and GRPOConfig, where a bare boolean flag (--bf16, as TRL's
+    docs write it) means True: HfArgumentParser gives fields typed `bool | None` with no default
+    (GRPOConfig's bf16) no such form, and would stop at the next flag."""
+    parser = HfArgumentParser((Script, GRPOConfig))
+    for action in parser._actions:
+        if action.type is string_to_bool and action.nargs is None:
+            action.nargs, action.const = "?", True
+    return parser
+
+
+def trainer_of(argv):
+    method = argparse.ArgumentParser(add_help=False)
+    method.add_argument("--method", default="grpo", choices=list(TRAINERS))
+    return TRAINERS[method.parse_known_args(argv)[0].method]
+
+
+def parse(argv):
+    """(trainer class, Script, GRPOConfig, the method's options) of a command line; ValueError (or
+    argparse's exit) on a bad one, before anything loads."""
+    trainer = trainer_of(argv)
+    options_parser = add_method_options(argparse.ArgumentParser(prog="train_trl.py --method ...", add_help=False), trainer)
+    options = vars(options_parser.parse_known_args(argv)[0])
+    parser = trl_parser()
+    # anything that is neither TRL's nor the method's option is an error, said before GRPOConfig's own
+    # checks run (bf16 without a GPU, ...), which would hide it
+    options_parser.parse_args(parser.parse_known_args(argv)[1])
+    script, args, _ = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
+    if not script.model or not script.dataset:
+        raise ValueError("--model and --dataset are required")
+    if trainer is not GRPOTrainer:
+        trainer.check_trl_config(args, trainer.method_config(**options))
+    return trainer, script, args, options
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    method = argparse.ArgumentParser(add_help=False)
-    method.add_argument("--method", default="grpo", choices=list(TRAINERS))
-    trainer = TRAINERS[method.parse_known_args(argv)[0].method]
-    options_parser, options = method_options(trainer, argv)
+    if {"-h", "--help"} & set(argv):
+        return print(usage(trainer_of(argv)))
     try:
-        script, args, rest = HfArgumentParser((Script, GRPOConfig)).parse_args_into_dataclasses(argv, return_remaining_strings=True)
-        options_parser.parse_args(rest)  # anything left that is not the method's option is an error
-        if not script.model or not script.dataset:
-            raise ValueError("--model and --dataset are required")
-        if trainer is not GRPOTrainer:
-            trainer.method_config(**options)  # a bad option fails before anything loads
+        trainer, script, args, options = parse(argv)
         cfg = gb.GRPOConfig(model=script.model, dataset=script.dataset, dataset_config=script.dataset_config,
                             dataset_split=script.dataset_split, question_field=script.question_field,
                             answer_field=script.answer_field, instruction=script.instruction,
@@ -80,7 +122,8 @@ def main(argv=None):
         chat = tokenizer.chat_template is not None
         dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": r["question"] + instruction}] if chat
                                       else r["question"] + instruction + "\n",  # data.prompt_ids' form, as our loop's
-                                      "answer": r["answer"], "solution": r.get("solution")} for r in rows])
+                                      "question": r["question"], "answer": r["answer"], "solution": r.get("solution")}
+                                     for r in rows])
         run = trainer(model=script.model, reward_funcs=[correct], args=args, train_dataset=dataset, processing_class=tokenizer,
                       **options)
         run.train()

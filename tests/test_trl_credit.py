@@ -2,9 +2,12 @@
 HF Llama and tokenizer loaded through the public APIs), a real Qwen2.5 chat template, and two
 processes. Docs: docs/trl.md."""
 import copy
+import dataclasses
 import inspect
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 
@@ -18,11 +21,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 import grpo_baseline as gb  # noqa: E402
+import train_trl  # noqa: E402
 import trl_credit  # noqa: E402
-from cepo import cepo_token_advantages, hint_ids, wrong_answer_hints  # noqa: E402
+from cepo import cepo_token_advantages, hint_ids, lambda_at, wrong_answer_hints  # noqa: E402
 from data import prompt_ids, reward_fn  # noqa: E402
 from embedded_task import warm_start  # noqa: E402
-from gcpo import REFERENCE_WRONG_ANSWER, gcpo_token_advantages  # noqa: E402
+import gcpo  # noqa: E402
+from gcpo import gcpo_token_advantages  # noqa: E402
 from gold import inject_gold  # noqa: E402
 from trl_credit import CEPOTrainer, GCPOTrainer, GoldTrainer, negative_messages  # noqa: E402
 
@@ -33,13 +38,15 @@ G = 4
 @pytest.fixture(scope="module")
 def warm(warm_cache):
     """(model dir, tokenizer, dataset): the tests' tiny warm start (the one tiny_cfg trains), and
-    64 embedded rows as TRL reads them: a plain prompt, the answer and the reference solution."""
+    64 embedded rows as TRL reads them: the prompt (a string holding the chat template), the
+    question in it, the answer and the reference solution."""
     cfg = gb.GRPOConfig(task="sum", cache_dir=warm_cache, warm_start_steps=250, eval_size=16)
     rows, eval_rows = gb.load_task(cfg)
     path = warm_start(cfg, rows, eval_rows, torch.device("cpu"))
     tokenizer = AutoTokenizer.from_pretrained(path)
-    dataset = Dataset.from_list([{"prompt": tokenizer.decode(prompt_ids(tokenizer, r["question"], "")), "answer": r["answer"],
-                                  "solution": r["solution"], "hard": i % 2 == 1} for i, r in enumerate(rows[:64])])
+    dataset = Dataset.from_list([{"prompt": tokenizer.decode(prompt_ids(tokenizer, r["question"], "")), "question": r["question"],
+                                  "answer": r["answer"], "solution": r["solution"], "hard": i % 2 == 1}
+                                 for i, r in enumerate(rows[:64])])
     return path, tokenizer, dataset
 
 
@@ -53,11 +60,16 @@ def trainer(cls, warm, tmp_path, reward=accuracy, rows=32, **kwargs):
                 max_completion_length=40, beta=0.0, max_steps=1, use_cpu=True, bf16=False, gradient_checkpointing=False,
                 report_to="none", save_strategy="no", disable_tqdm=True, seed=0)
     args.update({k: kwargs.pop(k) for k in list(kwargs) if k in GRPOConfig.__dataclass_fields__})
-    t = cls(model=AutoModelForCausalLM.from_pretrained(path), reward_funcs=[reward], args=GRPOConfig(**args),
+    t = cls(model=AutoModelForCausalLM.from_pretrained(path), reward_funcs=reward if isinstance(reward, list) else [reward],
+            args=GRPOConfig(**args),
             train_dataset=dataset, processing_class=tokenizer, **kwargs)
     t.model.train()
     t.current_gradient_accumulation_steps = 1  # set by Trainer's loop; compute_loss is called outside it here
     return t
+
+
+def cpu_args(tmp_path, **kwargs):
+    return GRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", **kwargs)
 
 
 def batch(warm, prompts):
@@ -153,9 +165,9 @@ def test_gcpo_hands_trl_our_token_advantages(warm, tmp_path, norm):
     live = (A != 0).nonzero().squeeze(1).tolist()
     assert live
     prompts = [p[m.bool()].tolist() for p, m in zip(out["prompt_ids"], out["prompt_mask"])]
-    texts = [warm[2][i // G]["prompt"] for i in range(len(A))]
+    cfg = dataclasses.replace(t.method, instruction="")  # the fixture's prompts are the bare question
     for i in live:
-        negative = warm[1](texts[i] + REFERENCE_WRONG_ANSWER).input_ids
+        negative = gcpo.negative_prompt(warm[1], warm[2][i // G], cfg)  # x- as our loop builds it
         pos = own_logprobs(t, prompts[i], out["completion_ids"][i], mask[i])
         neg = own_logprobs(t, negative, out["completion_ids"][i], mask[i])
         expected = gcpo_token_advantages(A[i:i + 1], pos[None], neg[None], mask[i:i + 1].float(), norm)
@@ -163,6 +175,12 @@ def test_gcpo_hands_trl_our_token_advantages(warm, tmp_path, norm):
         assert not torch.allclose(expected[0], A[i] * mask[i])  # the contrast moved credit between tokens
     for i in set(range(len(A))) - set(live):
         assert (out["advantages"][i] == 0).all()
+    # what the step logs: every live row's weights moved here, and their top 40% of tokens carry more than 40%
+    logged = t._metrics["train"]
+    assert logged["gcpo/contrast_rows"] == [1.0]
+    weights = out["advantages"][live] / A[live, None]
+    top = gcpo.weight_diagnostics(torch.ones_like(weights), weights, mask[live])["weight_top40_share"]
+    assert logged["gcpo/weight_top40_share"] == [pytest.approx(top, rel=1e-5)] and top > 0.4
 
 
 def test_cepo_hands_trl_our_token_advantages(warm, tmp_path):
@@ -174,7 +192,7 @@ def test_cepo_hands_trl_our_token_advantages(warm, tmp_path):
     texts = warm[1].batch_decode(out["completion_ids"], skip_special_tokens=True)
     r_minus = wrong_answer_hints(texts, t._rewards[:, 0], G)
     prompts = [p[m.bool()].tolist() for p, m in zip(out["prompt_ids"], out["prompt_mask"])]
-    checked = 0
+    checked, multipliers = 0, []
     for i in range(len(A)):
         answer, wrong = warm[2][i // G]["answer"], r_minus[i // G]
         if A[i] == 0 or wrong is None:
@@ -185,7 +203,66 @@ def test_cepo_hands_trl_our_token_advantages(warm, tmp_path):
         expected = cepo_token_advantages(A[i:i + 1], pos[None], neg[None], mask[i:i + 1], 0.5, 0.5)
         assert torch.allclose(out["advantages"][i], expected[0], rtol=1e-4, atol=1e-6)
         checked += not torch.allclose(expected[0], A[i] * mask[i])
+        multipliers.append((expected[0] / A[i])[mask[i] > 0])
     assert checked  # some completion's credit was re-weighted by the teachers
+    # what the step logs: λ, the share of groups with a wrong answer to contrast, Â / A's range
+    logged, multipliers = t._metrics["train"], torch.cat(multipliers)
+    assert logged["cepo/lambda"] == [0.5]
+    assert logged["cepo/r_minus_groups"] == [sum(h is not None for h in r_minus) / len(r_minus)]
+    assert logged["cepo/multiplier_min"] == [pytest.approx(multipliers.min().item(), abs=1e-4)]
+    assert logged["cepo/multiplier_max"] == [pytest.approx(multipliers.max().item(), abs=1e-4)]
+    assert 1 - 0.25 <= multipliers.min() < 1 < multipliers.max() <= 1 + 0.25  # within 1 ± λ ε_w
+
+
+def test_cepo_lambda_decays_per_generation_not_per_optimizer_step(warm, tmp_path):
+    """λ follows the generation batch, as cepo.py's RL step and the reference's rollout: with two
+    optimizer steps per generation the second generation (at global step 2) gets λ(2), not λ(3);
+    and the count TRL's schedule implies holds for several accumulation / iteration settings,
+    after a resume too (TRL restarts its micro-step count then)."""
+    t = trainer(CEPOTrainer, warm, tmp_path, rows=8, steps_per_generation=2, lambda_decay_steps=4)
+    t.state.global_step, t._step = 2, 2  # TRL's counters when it generates the second batch
+    scored(t, batch(warm, 4))
+    assert t._metrics["train"]["cepo/lambda"] == [pytest.approx(lambda_at(2, t.method))] != [lambda_at(3, t.method)]
+    for accumulation, per_generation, iterations in ((1, 2, 1), (2, 2, 2), (2, 4, 1), (3, 2, 1), (2, 1, 1)):
+        t.args.gradient_accumulation_steps, t.args.steps_per_generation = accumulation, per_generation
+        t.num_iterations = iterations
+        rollout, generate_every = 0, per_generation * iterations
+        for micro_step in range(24):  # TRL's _prepare_inputs: generate when _step % generate_every == 0
+            rollout += micro_step % generate_every == 0
+            t.state.global_step = micro_step // accumulation
+            for t._step in (micro_step, micro_step % accumulation):  # straight through; resumed at this optimizer step
+                assert t.rollout() == rollout
+
+
+def test_gcpo_recomputes_its_weights_after_each_optimizer_step_on_the_same_generation(warm, tmp_path, monkeypatch):
+    """steps_per_generation=2: the second optimizer step trains on the same generation batch under a
+    moved policy; the advantages TRL's loss receives there are gcpo_token_advantages of lp+ and
+    lp- scored under the current policy (here, one completion at a time), as gcpo.py's recredit,
+    and differ from those computed at generation."""
+    t = trainer(GCPOTrainer, warm, tmp_path, rows=8, steps_per_generation=2, weight_norm="mean", learning_rate=1e-2,
+                max_steps=2)
+    generated, checked = [], []
+    generate = t._generate_and_score_completions
+    t._generate_and_score_completions = lambda inputs: generated.append(generate(inputs)) or generated[-1]
+    compute_loss = GRPOTrainer._compute_loss
+
+    def spy(self, model, inputs):
+        if self.state.global_step == 1:  # the policy moved once since the batch was generated
+            A, mask = inputs["sequence_advantages"], inputs["completion_mask"]
+            for i in (A != 0).nonzero().squeeze(1).tolist():
+                prompt = inputs["prompt_ids"][i][inputs["prompt_mask"][i].bool()].tolist()
+                negative = inputs["negative_ids"][i][inputs["negative_mask"][i].bool()].tolist()
+                pos = own_logprobs(t, prompt, inputs["completion_ids"][i], mask[i])
+                neg = own_logprobs(t, negative, inputs["completion_ids"][i], mask[i])
+                expected = gcpo_token_advantages(A[i:i + 1], pos[None], neg[None], mask[i:i + 1].float(), "mean")[0]
+                at_generation = next(a for a, c in zip(generated[0]["advantages"], generated[0]["completion_ids"])
+                                     if torch.equal(c, inputs["completion_ids"][i]))
+                assert torch.allclose(inputs["advantages"][i], expected, rtol=1e-4, atol=1e-5)
+                checked.append(not torch.allclose(expected, at_generation, rtol=1e-3, atol=1e-4))
+        return compute_loss(self, model, inputs)
+    monkeypatch.setattr(GRPOTrainer, "_compute_loss", spy)
+    t.train()
+    assert len(generated) == 1 and checked and any(checked)
 
 
 @pytest.mark.parametrize("cls", [GCPOTrainer, CEPOTrainer])
@@ -211,13 +288,19 @@ def hard_reward(completions, answer, solution, hard, **kwargs):
     return [float(c.strip() == s.strip()) if h else reward_fn(c, a) for c, a, s, h in zip(completions, answer, solution, hard)]
 
 
+def shaping(completions, **kwargs):
+    """A reward every completion earns a little of (as a format or length reward would)."""
+    return [0.001 * (1 + len(c)) for c in completions]
+
+
 def test_gold_injects_where_inject_gold_says_with_ratio_one(warm, tmp_path):
     """The reference replaces the last completion of exactly the groups inject_gold picks from
-    the sampled rewards; TRL then rewards it (1), so its group gains a contrast; its old
-    log-probs (computed here: num_iterations=2) equal the policy's own, so its sequence ratio
-    is 1; with sampler log-probs (vLLM), the injected row gets None, which TRL neutralises."""
-    t = trainer(GoldTrainer, warm, tmp_path, reward=hard_reward, importance_sampling_level="sequence", loss_type="grpo",
-                num_iterations=2)
+    the correctness reward of the sampled completions (a shaping reward > 0 beside it changes
+    nothing); TRL then rewards it (1), so its group gains a contrast; its old log-probs
+    (computed here: num_iterations=2) equal the policy's own, so its sequence ratio is 1; with
+    sampler log-probs (vLLM), the injected row gets None, which TRL neutralises."""
+    t = trainer(GoldTrainer, warm, tmp_path, reward=[hard_reward, shaping], correctness_reward="hard_reward",
+                importance_sampling_level="sequence", loss_type="grpo", num_iterations=2)
     calls = []
     calculate = t._calculate_rewards
     t._calculate_rewards = lambda *a: calls.append((a, calculate(*a))) or calls[-1][1]
@@ -241,11 +324,33 @@ def test_gold_injects_where_inject_gold_says_with_ratio_one(warm, tmp_path):
     m = out["completion_mask"][is_gold]
     ratio = torch.exp(((logp - out["old_per_token_logps"])[is_gold] * m).sum(1) / m.sum(1))
     assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-5)
+    assert t._metrics["train"]["gold/injections"] == [int(is_gold.sum())]
+    assert t._metrics["train"]["gold/sampled_reward"] == [pytest.approx(t.total_reward(calls[1][1])[~is_gold].mean().item())]
     # the vLLM path: sampler log-probs come with the sampled completions
     _, prompts, completions, ids = calls[0][0]
     _, _, _, logprobs = t.inject(inputs, prompts, ids, None, completions, [[-0.5] * len(c) for c in ids])
     for i in range(len(ids)):
         assert (logprobs[i] == [None] * len(logprobs[i])) == bool(is_gold[i])
+
+
+def test_gold_says_when_a_reference_is_unusable_or_teaches_nothing(warm, tmp_path):
+    """Every group all wrong: where the solution column holds only the bare answer (TRL's own
+    convention for `solution`), the group is skipped as unparsable_reference, with a warning;
+    where a reference is injected but the reward functions score it no higher than the sampled
+    completions (here they reject everything), the group has no contrast: a warning and a count."""
+    def never(completions, **kwargs):
+        return [0.0] * len(completions)
+    t = trainer(GoldTrainer, warm, tmp_path, reward=never, importance_sampling_level="sequence", loss_type="grpo")
+    inputs = batch(warm, 4)
+    for row in inputs[:2 * G]:
+        row["solution"] = row["answer"]
+    with pytest.warns(UserWarning) as caught:
+        scored(t, inputs)
+    messages = " ".join(str(w.message) for w in caught)
+    assert "does not end in the final answer" in messages and "rewarded no higher" in messages
+    logged = t._metrics["train"]
+    assert logged["gold/all_wrong_groups"] == [4] and logged["gold/skipped_unparsable_reference"] == [2]
+    assert logged["gold/injections"] == [2] and logged["gold/reference_not_best"] == [2]
 
 
 def test_two_processes_decide_per_group_as_one_does(warm, tmp_path):
@@ -285,22 +390,46 @@ def test_two_processes_decide_per_group_as_one_does(warm, tmp_path):
         assert rank1_alone.any() and not is_gold[per_rank + 1]
 
 
-def test_conversational_negative_prompt_through_the_real_qwen_template(tmp_path):
-    """x- of a chat prompt: the reference's request goes at the end of the last user turn, and
-    TRL's own tokenization renders it inside that turn, before the assistant header."""
+@pytest.mark.parametrize("negative", ["wrong_answer", "empty_prompt"])
+def test_gcpo_negative_prompt_is_our_loops_in_every_prompt_form(negative):
+    """x- in each prompt form TRL takes, tokenized as TRL tokenizes that form, equals gcpo.py's x-
+    (gcpo.negative_prompt) of the same question and instruction: a user turn, one with a system
+    turn before it (kept), one whose content is a list of parts, a string that already holds the
+    chat template (the edit stays inside the user turn), and a plain string on a tokenizer without
+    a template (data.prompt_ids' form, its final newline kept last). 'empty_prompt' keeps the
+    instruction and drops only the question."""
     tokenizer = AutoTokenizer.from_pretrained(os.path.join(ROOT, "tests", "fixtures", "qwen2.5-tokenizer"))
-    prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+3?"}]
-    cfg = GCPOTrainer.CONFIG(model="trl")
-    negative = negative_messages(prompt, cfg)
-    assert negative[0] == prompt[0] and negative[1]["content"] == "What is 2+3?" + REFERENCE_WRONG_ANSWER
-    text = tokenizer.apply_chat_template(negative, tokenize=False, add_generation_prompt=True)
-    assert text.endswith("What is 2+3?" + REFERENCE_WRONG_ANSWER + "<|im_end|>\n<|im_start|>assistant\n")
-    assert negative_messages("Q: 2+3=", GCPOTrainer.CONFIG(model="trl", negative="empty_prompt")) == "Answer the question."
+    plain = copy.deepcopy(tokenizer)
+    plain.chat_template = None
+    row, instruction = {"question": "What is 2+3?"}, " Think, then answer after '####'."
+    cfg = gcpo.GCPOConfig(model="trl", negative=negative, instruction=instruction)
+    ours = gcpo.negative_prompt(tokenizer, row, cfg)
+    content = row["question"] + instruction
+
+    def chat(messages):
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+
+    def x_minus(prompt, tok=tokenizer):
+        return negative_messages(prompt, cfg, row["question"], tail=trl_credit.template_tail(tok))
+    system = {"role": "system", "content": "Be brief."}
+    assert chat(x_minus([{"role": "user", "content": content}])) == ours
+    with_system = x_minus([system, {"role": "user", "content": content}])
+    assert with_system[0] == system and chat(with_system) == chat([system, {"role": "user", "content":
+                                                                             gcpo.negative_text(row["question"], instruction, cfg)}])
+    parts = x_minus([{"role": "user", "content": [{"type": "text", "text": content}]}])
+    assert chat([{"role": "user", "content": parts[0]["content"][0]["text"]}]) == ours
+    templated = tokenizer.decode(prompt_ids(tokenizer, row["question"], instruction))
+    assert tokenizer(x_minus(templated)).input_ids == ours
+    text = plain.decode(prompt_ids(plain, row["question"], instruction))
+    assert text.endswith("\n") and plain(x_minus(text, plain)).input_ids == gcpo.negative_prompt(plain, row, cfg)
+    if negative == "empty_prompt":
+        with pytest.raises(ValueError, match="question_column="):
+            negative_messages(templated, cfg, None)
 
 
 def test_bad_options_fail_with_one_clear_line(warm, tmp_path):
     with pytest.raises(ValueError, match="importance_sampling_level='sequence', loss_type='grpo'"):
-        trainer(GoldTrainer, warm, tmp_path)
+        GoldTrainer(model=str(tmp_path / "no-model"), reward_funcs=[accuracy], args=cpu_args(tmp_path))
     with pytest.raises(ValueError, match="entropy_coef"):
         GCPOTrainer(model=warm[0], entropy_coef=0.02)  # ours (lowers entropy), not GRPOConfig's bonus
     with pytest.raises(ValueError, match="lambda_init"):
@@ -310,35 +439,148 @@ def test_bad_options_fail_with_one_clear_line(warm, tmp_path):
         scored(t, batch(warm, 4))
 
 
+@pytest.mark.parametrize("cls", [GCPOTrainer, CEPOTrainer])
+def test_a_sequence_level_ratio_is_refused_where_it_cancels_token_credit(tmp_path, cls):
+    """importance_sampling_level='sequence' makes TRL's ratio one number per completion: for every
+    loss that multiplies that ratio by Â_t and sums over tokens, the gradient sees only Σ_t Â_t,
+    and token credit has no effect. Refused before the model loads (the path does not exist);
+    cispo and vespo, whose terms keep log pi(y_t), and the token level are accepted."""
+    missing = str(tmp_path / "no-model")
+    for loss in ("grpo", "dapo", "bnpo", "dr_grpo", "luspo", "sapo"):
+        args = cpu_args(tmp_path, importance_sampling_level="sequence", loss_type=loss)
+        with pytest.raises(ValueError, match=f"{cls.__name__} with GRPOConfig\\(importance_sampling_level='sequence', "
+                                             f"loss_type='{loss}'\\): TRL's ratio is then one number per completion"):
+            cls(model=missing, reward_funcs=[accuracy], args=args)
+    method = cls.method_config()
+    for level, loss in (("sequence", "cispo"), ("sequence", "vespo"), ("token", "luspo"), ("token", "grpo")):
+        cls.check_trl_config(cpu_args(tmp_path, importance_sampling_level=level, loss_type=loss), method)
+
+
+def test_why_the_sequence_level_is_refused_gcpo_credit_gives_grpos_gradient_there(warm, tmp_path):
+    """The premise of the refusal, on TRL's own loss: with GCPO's token advantages the gradient at
+    the sequence level equals the one with GRPO's uniform advantages; at the token level it
+    does not."""
+    t = trainer(GCPOTrainer, warm, tmp_path, weight_norm="mean")
+    out, grpo = scored(t, batch(warm, 4))
+    uniform = dict(out, advantages=grpo["advantages"][:, None] * out["completion_mask"])
+    for level, same in (("sequence", True), ("token", False)):
+        t.importance_sampling_level, t.loss_type = level, "grpo"
+        _, credited = loss_and_grads(t, out)
+        _, plain = loss_and_grads(t, uniform)
+        assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(credited, plain)) == same
+
+
+def test_a_misspelt_keyword_names_the_trainer_and_the_nearest_option(tmp_path):
+    missing = str(tmp_path / "no-model")
+    for cls, typo, meant in ((GCPOTrainer, "weight_nrom", "weight_norm"), (CEPOTrainer, "lamda_init", "lambda_init"),
+                             (GoldTrainer, "ratio_levle", "ratio_level"), (GoldTrainer, "corectness_reward", "correctness_reward"),
+                             (GCPOTrainer, "question_colum", "question_column"), (CEPOTrainer, "reward_func", "reward_funcs")):
+        with pytest.raises(TypeError, match=f"^{cls.__name__}\\(\\) got an unexpected keyword argument '{typo}': "
+                                            f"did you mean {meant}=\\?$"):
+            cls(model=missing, **{typo: 1})
+    with pytest.raises(TypeError, match="argument 'lambda_init'; it takes answer_column, args, ") as caught:  # CEPO's
+        GCPOTrainer(model=missing, lambda_init=0.5)
+    assert "weight_norm" in str(caught.value) and "entropy_coef" not in str(caught.value)  # refused: not offered
+
+
+def test_gold_refuses_column_and_reward_roles_it_cannot_tell_apart(tmp_path):
+    """Before the model loads: the final answer and the injected solution in one column; several
+    reward functions with none named as the correctness check (a shaping reward > 0 would keep
+    every group from being all wrong)."""
+    missing, args = str(tmp_path / "no-model"), cpu_args(tmp_path, importance_sampling_level="sequence", loss_type="grpo")
+    with pytest.raises(ValueError, match="answer_column='solution', solution_column='solution'.*two columns"):
+        GoldTrainer(model=missing, reward_funcs=[accuracy], args=args, answer_column="solution")
+
+    def length(completions, **kwargs):
+        return [0.01 * len(c) for c in completions]
+    with pytest.raises(ValueError, match=r"2 reward functions \(accuracy, length\): name the one that decides "
+                                         "correctness with correctness_reward="):
+        GoldTrainer(model=missing, reward_funcs=[accuracy, length], args=args)
+
+
 def torchrun(*argv, processes=2):
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
                            *argv], capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
 
 
-@pytest.mark.parametrize("method, flags", [
-    ("cepo", ["--lambda_init", "0.5"]),
-    ("gold", ["--importance_sampling_level", "sequence", "--loss_type", "grpo", "--epsilon", "3e-4", "--epsilon_high", "4e-4"])])
-def test_the_readme_command_trains_on_two_processes(warm, tmp_path, method, flags):
-    """train_trl.py as the README launches it (torchrun; accelerate launch starts the same), on 2 CPU
-    processes with the tiny model and a local dataset: it trains, saves, and logs the method's
-    metrics. The model, the data, the process count, the sizes and the CPU flags differ from the README."""
+def documented_commands():
+    """Every train_trl.py command README.md and docs/trl.md print in a bash block: (page, argv)."""
+    commands = []
+    for page in ("README.md", os.path.join("docs", "trl.md")):
+        with open(os.path.join(ROOT, page), encoding="utf-8") as f:
+            blocks = re.findall(r"```bash\n(.*?)```", f.read(), re.S)
+        for line in "\n".join(blocks).replace("\\\n", " ").splitlines():
+            if "train_trl.py" in line and not line.lstrip().startswith("#"):
+                commands.append((page, shlex.split(line)))
+    return commands
+
+
+def local(argv, **swaps):
+    """A documented command with only what this machine needs swapped: the values of the flags in
+    `swaps` (model, dataset, output folder, sizes, process count), then --use_cpu (TRL turns bf16
+    on by default and refuses it without a GPU unless told the run is on the CPU)."""
+    argv = list(argv)
+    for flag, value in swaps.items():
+        argv[argv.index(flag) + 1] = value
+    return argv + ["--use_cpu"]
+
+
+def sizes(model, data, out):
+    return {"--nproc_per_node": "2", "--model": model, "--dataset": data, "--output_dir": out,
+            "--per_device_train_batch_size": "4", "--num_generations": "4", "--max_completion_length": "32", "--max_steps": "2"}
+
+
+def test_every_documented_command_parses_as_printed(tmp_path):
+    """Flags as the docs print them, --bf16 bare included: it means bf16=True."""
+    commands = documented_commands()
+    assert {argv[argv.index("--method") + 1] for _, argv in commands} == {"cepo", "gold", "gcpo"}
+    for page, argv in commands:
+        assert "--bf16" in argv, page
+        run = local(argv, **sizes("some/model", "rows.jsonl", str(tmp_path)))
+        trainer, script, args, options = train_trl.parse(run[run.index("train_trl.py") + 1:])
+        assert args.bf16 is True and args.per_device_train_batch_size == 4 and script.model == "some/model"
+
+
+def test_every_documented_trainer_call_passes_reward_funcs():
+    """TRL refuses a GRPOTrainer without a reward source: a call the docs print must have one."""
+    for page in ("README.md", os.path.join("docs", "trl.md"), "trl_credit.py"):
+        with open(os.path.join(ROOT, page), encoding="utf-8") as f:
+            calls = re.findall(r"(?:GCPO|CEPO|Gold)Trainer\(model=[^)]*\)", f.read())  # up to its first ')'
+        assert calls, page
+        for call in calls:
+            assert "reward_funcs=" in call, f"{page}: {call}"
+
+
+@pytest.mark.parametrize("method", ["cepo", "gold"])
+def test_the_documented_command_trains_on_two_processes(warm, tmp_path, method):
+    """The command README.md and docs/trl.md print for the method, run as printed (torchrun; accelerate
+    launch starts the same) on 2 CPU processes: it trains, saves, and logs the method's metrics.
+    Swapped: the model (the tiny warm start), the dataset (a local file), the output folder, the
+    sizes and process count; added: --use_cpu. (GCPO's documented command needs vLLM, which is
+    not installed here: it is only parsed, above.)"""
+    argv = next(argv for _, argv in documented_commands() if argv[argv.index("--method") + 1] == method)
     data = tmp_path / "sum.jsonl"
-    data.write_text("".join(json.dumps({"question": r["prompt"].strip(), "answer": r["solution"]}) + "\n" for r in warm[2]))
+    data.write_text("".join(json.dumps({"question": r["question"], "answer": r["solution"]}) + "\n" for r in warm[2]))
     out = tmp_path / "run"
-    run = torchrun("train_trl.py", "--method", method, "--model", warm[0], "--dataset", str(data), "--instruction", "",
-                   "--output_dir", str(out), "--per_device_train_batch_size", "4", "--num_generations", "4",
-                   "--max_completion_length", "32", "--max_steps", "2", "--use_cpu", "--report_to", "none",
-                   "--save_strategy", "no", "--logging_steps", "1", *flags)
+    run = torchrun(*local(argv, **sizes(warm[0], str(data), str(out)))[argv.index("train_trl.py"):], processes=2)
     assert run.returncode == 0, run.stderr[-3000:]
     assert (out / "model.safetensors").exists()
     logged = json.loads((out / "trainer_state.json").read_text())["log_history"]
     key = {"cepo": "cepo/lambda", "gold": "gold/injections"}[method]
     assert [step["step"] for step in logged if key in step] == [1, 2]
-    assert max(step["reward"] for step in logged if "reward" in step) > 0  # the prompts are the form the model reads
 
 
-def test_the_script_names_bad_input_in_one_line(tmp_path):
+def test_the_script_help_lists_its_options_and_hides_refused_ones(capsys):
+    train_trl.main(["--help"])
+    text = capsys.readouterr().out
+    assert all(flag in text for flag in ("--method", "--model", "--dataset", "--question_field", "trl.GRPOConfig"))
+    train_trl.main(["--method", "gcpo", "--help"])
+    text = capsys.readouterr().out
+    assert "--weight_norm" in text and "--entropy_coef" not in text
+
+
+def test_the_script_names_bad_input_in_one_line(tmp_path, capsys):
     """A bad method option (before anything loads), a missing dataset file, a model that is not
     there: each one line naming it."""
     data = tmp_path / "rows.jsonl"
@@ -351,3 +593,16 @@ def test_the_script_names_bad_input_in_one_line(tmp_path):
                               str(tmp_path / "m"), "--dataset", str(dataset), "--output_dir", str(tmp_path), "--use_cpu"],
                              capture_output=True, text=True, cwd=ROOT, timeout=300)
         assert run.returncode != 0 and run.stderr.strip().splitlines()[-1].startswith(error)
+    # a misspelt option or another method's is named first, before TRL's own checks (here: bf16 without a GPU)
+    for flags, error in ((["--method", "cepo", "--lamda_init", "0.5"], "unrecognized arguments: --lamda_init 0.5"),
+                         (["--method", "gcpo", "--lambda_init", "0.5"], "unrecognized arguments: --lambda_init 0.5")):
+        with pytest.raises(SystemExit):
+            train_trl.main([*flags, "--model", str(tmp_path / "m"), "--dataset", str(data), "--output_dir", str(tmp_path)])
+        assert capsys.readouterr().err.strip().splitlines()[-1].endswith(error)
+    # refusals come before the dataset and the model load (neither exists here)
+    for flags, error in ((["--method", "gcpo", "--entropy_coef", "0.01"], "error: GCPOTrainer(entropy_coef=...): "),
+                         (["--method", "cepo", "--importance_sampling_level", "sequence", "--loss_type", "grpo"],
+                          "error: CEPOTrainer with GRPOConfig(importance_sampling_level='sequence', loss_type='grpo'): ")):
+        with pytest.raises(SystemExit, match=re.escape(error)):
+            train_trl.main([*flags, "--model", str(tmp_path / "m"), "--dataset", str(missing), "--output_dir", str(tmp_path),
+                            "--use_cpu"])

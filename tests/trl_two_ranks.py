@@ -36,10 +36,10 @@ def watched(cls, record):
             return rewards
 
         def wrong_answers(self, out):
-            r_minus = super().wrong_answers(out)
+            r_minus, share = super().wrong_answers(out)
             record.setdefault("texts", []).append(self.processing_class.batch_decode(out["completion_ids"], skip_special_tokens=True))
             record.setdefault("r_minus", []).append(r_minus)
-            return r_minus
+            return r_minus, share
 
         def gold_rows(self, inputs, *args):
             rows, refs = super().gold_rows(inputs, *args)
