@@ -471,7 +471,7 @@ def train_run(run, cfg, device, credit, loss_fn, edit_rollouts, recredit, prefli
     instruction = resolve_instruction(cfg)
     train_rows, prompts = encode_prompts(tokenizer, train_rows, instruction, cfg.max_prompt_length)
     eval_rows, eval_prompts = encode_prompts(tokenizer, eval_rows, instruction, cfg.max_prompt_length)
-    check_context(model, prompts + eval_prompts, cfg.max_completion_length)
+    check_context(model.config, prompts + eval_prompts, cfg.max_completion_length)
     ref_model = load_policy(model_path, cfg, device)[0].requires_grad_(False) if cfg.beta > 0 else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 

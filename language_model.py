@@ -37,15 +37,16 @@ def load_policy(path, cfg, device):
     return model, tokenizer
 
 
-def check_context(model, prompts, max_completion_length):
-    """The longest prompt and a response of max_completion_length must fit in the model's context
-    (its position embeddings), or generation would index past them."""
-    context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+def check_context(config, prompts, max_completion_length,
+                  shorten="lower --max_prompt_length to at most {} (longer prompts are skipped)"):
+    """The longest prompt (token ids) and a response of max_completion_length must fit in the
+    model's context (its config's position embeddings), or generation would index past them."""
+    context = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
     longest = max(map(len, prompts))
     if context and longest + max_completion_length > context:
         raise ValueError(f"a prompt of {longest} tokens + --max_completion_length {max_completion_length} exceed the "
-                         f"model's context of {context} positions; lower --max_prompt_length to at most "
-                         f"{context - max_completion_length} (longer prompts are skipped) or --max_completion_length")
+                         f"model's context of {context} positions; {shorten.format(context - max_completion_length)} "
+                         "or lower --max_completion_length")
 
 
 def first_line(error):

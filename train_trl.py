@@ -15,13 +15,14 @@ import sys
 from dataclasses import dataclass, field
 
 from datasets import Dataset
-from transformers import AutoTokenizer, HfArgumentParser
+from safetensors import SafetensorError
+from transformers import AutoConfig, AutoTokenizer, HfArgumentParser
 from transformers.hf_argparser import string_to_bool
 from trl import GRPOConfig, GRPOTrainer
 
 import grpo_baseline as gb
-from data import load_rows, resolve_instruction, reward_fn
-from language_model import first_line
+from data import load_rows, prompt_ids, resolve_instruction, reward_fn
+from language_model import check_context, first_line
 from trl_credit import CEPOTrainer, GCPOTrainer, GoldTrainer
 
 TRAINERS = {"grpo": GRPOTrainer, "gcpo": GCPOTrainer, "cepo": CEPOTrainer, "gold": GoldTrainer}
@@ -114,18 +115,24 @@ def main(argv=None):
                             answer_field=script.answer_field, instruction=script.instruction,
                             eval_split=script.dataset_split, eval_size=1)  # no held-out rows: evaluation is TRL's
         rows, _ = load_rows(cfg)
-        try:
+        try:  # the model itself loads inside GRPOTrainer: its config and weights file are checked here first
             tokenizer = AutoTokenizer.from_pretrained(script.model)
-        except OSError as e:
-            raise ValueError(f"--model {script.model}: cannot load its tokenizer ({first_line(e)})") from None
+            config = AutoConfig.from_pretrained(script.model)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--model {script.model}: cannot load its tokenizer and config ({first_line(e)})") from None
         instruction = resolve_instruction(cfg)
+        check_context(config, [prompt_ids(tokenizer, r["question"], instruction) for r in rows],
+                      args.max_completion_length or 0, shorten="drop the dataset's prompts longer than {} tokens")
         chat = tokenizer.chat_template is not None
         dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": r["question"] + instruction}] if chat
                                       else r["question"] + instruction + "\n",  # data.prompt_ids' form, as our loop's
                                       "question": r["question"], "answer": r["answer"], "solution": r.get("solution")}
                                      for r in rows])
-        run = trainer(model=script.model, reward_funcs=[correct], args=args, train_dataset=dataset, processing_class=tokenizer,
-                      **options)
+        try:
+            run = trainer(model=script.model, reward_funcs=[correct], args=args, train_dataset=dataset,
+                          processing_class=tokenizer, **options)
+        except (OSError, SafetensorError) as e:  # no weights file, or a truncated one
+            raise ValueError(f"--model {script.model}: cannot load its weights ({first_line(e)})") from None
         run.train()
         run.save_model()
         run.save_state()  # trainer_state.json: the logged metrics, step by step

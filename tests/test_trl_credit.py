@@ -606,3 +606,25 @@ def test_the_script_names_bad_input_in_one_line(tmp_path, capsys):
         with pytest.raises(SystemExit, match=re.escape(error)):
             train_trl.main([*flags, "--model", str(tmp_path / "m"), "--dataset", str(missing), "--output_dir", str(tmp_path),
                             "--use_cpu"])
+
+
+def test_the_script_checks_the_model_before_training(tmp_path, capsys):
+    """A model directory without its weights, and prompts that with --max_completion_length exceed
+    the model's context: one line each, before TRL loads anything."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from embedded_task import char_tokenizer
+    tok = char_tokenizer()
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, max_position_embeddings=64, pad_token_id=tok.pad_token_id,
+                                 eos_token_id=tok.eos_token_id)).save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"question": f"{a}+2", "answer": f"#### {a + 2}"}) + "\n" for a in range(4)))
+    base = ["--model", str(tmp_path / "m"), "--dataset", str(data), "--output_dir", str(tmp_path / "out"), "--use_cpu",
+            "--instruction", "", "--per_device_train_batch_size", "2", "--num_generations", "2"]
+    with pytest.raises(SystemExit, match="a prompt of 4 tokens \\+ --max_completion_length 61 exceed the model's context "
+                                         "of 64 positions; drop the dataset's prompts longer than 3 tokens"):
+        train_trl.main([*base, "--max_completion_length", "61"])
+    (tmp_path / "m" / "model.safetensors").unlink()
+    with pytest.raises(SystemExit, match=f"--model {tmp_path / 'm'}: cannot load its weights"):
+        train_trl.main([*base, "--max_completion_length", "8"])
