@@ -22,24 +22,37 @@ from language_model import first_line, generate
 DEFAULT_INSTRUCTION = " Let's think step by step and output the final answer after \"####\"."
 
 
-_NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)(/\d+)?$")
-_NUMBER_THEN_WORDS = re.compile(r"^([-+]?[\d,]*\.?\d+(?:/\d+)?)\s+[A-Za-z]")  # '72 dollars' -> '72'
+_NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?(/\d+)?$")
+# '72 dollars' -> '72'. The atomic group keeps the match linear in the length of a run of digits
+# (a plain group backtracks over every split of the run: seconds on 20,000 digits, outside any time bound).
+_NUMBER_THEN_WORDS = re.compile(r"^((?>[-+]?[\d,]*\.?\d+(?:/\d+)?))\s+[A-Za-z]")
+EXACT_DIGITS = 4300  # Python's own bound on int <-> str conversion: longer numbers are compared as written
 _PROSE = re.compile(r"[A-Za-z]{2,}")
 VERIFY_TIMEOUT_S = 2  # math-verify's bound on each parse and each comparison (whole seconds: it uses SIGALRM)
 
 
 def normalize_answer(text):
-    """Canonical form of a final answer: '1,000.0' -> '1000', ' $42. ' -> '42'; anything else
-    stripped (its commas kept: '(3, 4)' and '\\{1,2\\}' are not numbers)."""
+    """Canonical form of a final answer: a number by its exact value, whatever its written form
+    ('1,000.0' -> '1000', ' $42. ' -> '42', '3.50' -> '7/2', '1e-05' and '0.00001' -> '1/100000'),
+    unless its value would need more than EXACT_DIGITS digits (then it is kept as written); anything
+    else stripped (its commas kept: '(3, 4)' and '\\{1,2\\}' are not numbers)."""
     text = text.strip().strip("$").rstrip(".").strip()
     number = text.replace(",", "")
-    if _NUMBER.match(number):
+    if _NUMBER.match(number) and value_digits(number) <= EXACT_DIGITS:
         try:
             value = Fraction(Decimal(number)) if "/" not in number else Fraction(number)
             return str(value.numerator) if value.denominator == 1 else str(value)
         except (InvalidOperation, ValueError, ZeroDivisionError):
             pass
     return text
+
+
+def value_digits(number):
+    """A bound on the digits of a number's exact value, from its written form (a _NUMBER): its
+    length plus the size of its exponent ('1e999999999' has a billion), computed without building it."""
+    if len(number) > EXACT_DIGITS:
+        return len(number)
+    return len(number) + abs(int(number.lower().partition("e")[2].partition("/")[0] or 0))
 
 
 def extract_answer(text):

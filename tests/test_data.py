@@ -3,10 +3,14 @@ model text never reaches eval, bad rows are skipped and counted, bad files get a
 import builtins
 import json
 import os
+import pathlib
 import re
+import tempfile
 import time
+from decimal import Decimal
 
 import pytest
+from hypothesis import given, strategies as st
 
 import data
 import grpo_baseline as gb
@@ -217,3 +221,77 @@ def test_a_datasets_id_goes_to_load_dataset_with_its_config_and_its_failure_is_o
     message = exit_message(["--dataset", "openai/gsm8k", "--dataset_config", "main", "--output_dir", str(tmp_path / "r")])
     assert calls == [("openai/gsm8k", {"name": "main"})]
     assert "--dataset openai/gsm8k: cannot load it (Couldn't reach 'openai/gsm8k' on the Hub" in message
+
+
+@pytest.mark.parametrize("response", ["#### " + "1" * 100_000 + "x", "#### " + "9" * 100_000,
+                                      "#### " + "7" * 100_000 + " apples", "#### 1e999999999"],
+                         ids=["100k digits then x", "100k digits", "100k digits then words", "a huge exponent"])
+def test_a_long_run_of_digits_is_parsed_and_checked_within_the_time_bound(response):
+    """The answer parser is linear in the response's length (a regex that backtracked over a run of
+    digits took minutes on 100,000 of them), so a check stays within math-verify's bound on its own
+    steps (a parse of each side and the comparison) plus a second for the parsing."""
+    start = time.perf_counter()
+    assert check_answer(response, "5") == (0.0, False)
+    assert time.perf_counter() - start < 3 * data.VERIFY_TIMEOUT_S + 1
+
+
+def test_a_row_answering_30000_digits_loads_fast_and_is_matched(tmp_path):
+    digits = "7" * 30_000
+    rows = [{"question": f"q{i}", "answer": f"so\n#### {digits}"} for i in range(3)]
+    start = time.perf_counter()
+    train, _ = load_rows(GRPOConfig(dataset=write_jsonl(tmp_path / "d.jsonl", rows), eval_size=1))
+    assert time.perf_counter() - start < 5
+    assert train[0]["answer"] == digits and check_answer(f"#### {digits}", digits) == (1.0, False)
+    assert check_answer(f"#### {digits}8", digits) == (0.0, False)
+
+
+@pytest.mark.parametrize("text, number", [("#### 72 dollars", "72"), ("#### 1,000 apples", "1000"), ("#### .5 cups", "1/2"),
+                                          ("#### 3/4 cup", "3/4"), ("#### -2 degrees", "-2"), ("#### 12.50 dollars", "25/2")])
+def test_a_number_followed_by_words_is_the_number(text, number):
+    assert extract_answer(text) == number
+
+
+def write_csv(path, rows):
+    import csv
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return str(path)
+
+
+@pytest.mark.parametrize("writer", [write_jsonl, write_csv])
+@pytest.mark.parametrize("answer, written", [(1e-05, "0.00001"), (2.5e-07, "0.00000025"), (1e16, "10000000000000000"),
+                                             (1.0000000272564224e+16, "10000000272564224"), (0.0001, "0.0001"),
+                                             (12, "12.0")])
+def test_a_float_answer_is_matched_by_its_value_in_any_written_form(tmp_path, writer, answer, written):
+    """JSON floats and CSV float cells are written in exponent form below 1e-4 and from 1e16
+    ('1e-05'): the row's answer is their value, matched by the plain decimal too."""
+    ext = "jsonl" if writer is write_jsonl else "csv"
+    cfg = GRPOConfig(dataset=writer(tmp_path / f"d.{ext}", [{"question": "q", "answer": answer}] * 2), eval_size=1)
+    train, held_out = load_rows(cfg)
+    for row in train + held_out:
+        for response in (f"#### {written}", f"#### {answer!r}", f"\\boxed{{{written}}}"):
+            assert check_answer(response, row["answer"]) == (1.0, False), (response, row["answer"])
+        assert check_answer(f"#### {written}1", row["answer"]) == (0.0, False)
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False))
+def test_any_float_answer_is_matched_by_its_plain_decimal_and_its_repr(x):
+    """Property: for any finite float x, a row answering x, read from a real .jsonl and a real .csv
+    file, is matched by '#### <x in plain decimal>' and by '#### <repr(x)>'."""
+    plain = format(Decimal(repr(x)), "f")
+    with tempfile.TemporaryDirectory() as tmp:
+        for writer, ext in ((write_jsonl, "jsonl"), (write_csv, "csv")):
+            path = writer(pathlib.Path(tmp) / f"d.{ext}", [{"question": "q", "answer": x}] * 2)
+            train, held_out = load_rows(GRPOConfig(dataset=path, eval_size=1))
+            for response in (f"#### {plain}", f"#### {x!r}"):
+                assert check_answer(response, train[0]["answer"]) == (1.0, False), (response, train[0]["answer"])
+
+
+@pytest.mark.parametrize("response, answer, equal", [("#### 1e3", "1000", True), ("#### 1E+3", "1000", True),
+                                                     ("#### 1e3", "1001", False), ("#### 2e", "2e", True),
+                                                     ("#### 2e", "2", False), ("#### e^{2}", "e^2", True)])
+def test_exponents_are_read_only_in_numbers(response, answer, equal):
+    assert check_answer(response, answer) == (float(equal), False)
+
