@@ -6,7 +6,9 @@ A row is {question, answer, solution, blank_question}: `answer` is the parsed fi
 `blank_question` the question with its content hidden when the task defines one (GCPO's
 'empty_prompt'). Model output is untrusted text: it is parsed here, never evaluated.
 """
+import csv
 import functools
+import io
 import json
 import os
 import random
@@ -129,8 +131,9 @@ def load_rows(cfg, splits=None):
     """(train rows, eval rows) of --dataset, or of `splits` ({split name: datasets.Dataset}, the
     embedded task's) when given.
 
-    Rows whose question or answer is missing, or whose final answer cannot be parsed, are skipped
-    and counted (a warning names the first few by their row number); zero usable rows is an error.
+    Rows whose question or answer is missing or neither text nor a number, or whose final answer
+    cannot be parsed, are skipped and counted (a warning names the first few by their row number);
+    zero usable rows is an error.
     """
     if splits is None:
         splits = load_splits(cfg)
@@ -147,17 +150,17 @@ def load_rows(cfg, splits=None):
 
 
 def load_splits(cfg):
-    """{split: datasets.Dataset} of --dataset: a local .json/.jsonl/.parquet/.csv file or folder, or
-    a datasets id. A missing file, a line that is not JSON, a dataset that cannot be loaded: one
-    clear error."""
+    """{split: rows} of --dataset: a local .json/.jsonl/.csv file (read_file_rows: a list of dicts,
+    split 'train'), a local .parquet file or folder, or a datasets id (a datasets.Dataset per split).
+    A missing file, a row that cannot be read, a dataset that cannot be loaded: one clear error."""
     from datasets import load_dataset
     path, ext = cfg.dataset, os.path.splitext(cfg.dataset)[1].lstrip(".")
     if os.path.isfile(path):
         if ext not in ("json", "jsonl", "parquet", "csv"):
             raise ValueError(f"--dataset {path}: local files must be .json, .jsonl, .parquet or .csv")
-        if ext in ("json", "jsonl"):
-            check_json_file(path, lines=ext == "jsonl")
-        name, kw = "json" if ext == "jsonl" else ext, {"data_files": path}
+        if ext != "parquet":
+            return {"train": read_file_rows(path, ext)}
+        name, kw = "parquet", {"data_files": path}
     elif os.path.isdir(path):
         name, kw = path, {}
     elif ext in ("json", "jsonl", "parquet", "csv") or path.startswith((".", "/", "~")):
@@ -171,52 +174,129 @@ def load_splits(cfg):
                          "or a datasets id this machine can download") from None
 
 
-def check_json_file(path, lines):
-    """A .jsonl file with one JSON object per non-empty line, or a .json file that parses; else a
-    ValueError naming the file and the line to fix."""
+def read_file_rows(path, ext):
+    """The rows (dicts) of a local .jsonl (one JSON object per non-empty line), .json (a list of
+    objects) or .csv (a header line, then one row per record) file. Read here rather than by the
+    datasets library so that an error names the line to fix, and so that rows need no common
+    column type: every value is kept as written (JSON numbers and CSV cells as their text, so
+    '1e-05', an integer beyond int64 or one of 10,000 digits stay exact), and clean_rows judges
+    each row on its own. Else a ValueError naming the file, the line (or item) and what to do."""
+    with open(path, "rb") as f:
+        raw = f.read()
     try:
-        with open(path, encoding="utf-8") as f:
-            if not lines:
-                json.load(f)
-                return
-            for n, line in enumerate(f, 1):
-                if line.strip() and not isinstance(json.loads(line), dict):
-                    raise ValueError(f"--dataset {path} line {n}: a row must be a JSON object {{...}}; fix or remove that line")
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"--dataset {path} line {line}: not UTF-8 text; save the file as UTF-8") from None
+    if text.strip():
+        rows = read_csv_rows(path, text) if ext == "csv" else read_json_rows(path, text, lines=ext == "jsonl")
+    if not text.strip() or not rows:
+        raise ValueError(f"--dataset {path}: the file holds no rows (it is empty, blank or only a header); give one "
+                         "row per line (.jsonl, .csv after its header) or a list of rows (.json)")
+    return rows
+
+
+def parse_json(text):
+    """JSON with its numbers kept as their text (no float rounding, no int-size limit)."""
+    return json.loads(text, parse_int=str, parse_float=str)
+
+
+def read_json_rows(path, text, lines):
+    try:
+        if lines:
+            rows = []
+            for n, line in enumerate(text.split("\n"), 1):
+                if line.strip():
+                    rows.append(parse_json(line))
+                    if not isinstance(rows[-1], dict):
+                        raise ValueError(f"--dataset {path} line {n}: a row must be a JSON object {{...}}; fix or "
+                                         "remove that line")
+            return rows
+        rows = parse_json(text)
     except json.JSONDecodeError as e:
         raise ValueError(f"--dataset {path} line {n if lines else e.lineno}: not valid JSON ({e.msg}); fix or remove "
                          "that line") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"--dataset {path}: not UTF-8 text; save it as UTF-8") from None
+    except RecursionError:
+        raise ValueError(f"--dataset {path}{f' line {n}' if lines else ''}: not valid JSON (nested too deeply); fix or "
+                         "remove that row") from None
+    if not isinstance(rows, list):
+        raise ValueError(f"--dataset {path}: a .json file must hold a list of rows [{{...}}, ...]; use .jsonl for one "
+                         "row per line")
+    for i, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            raise ValueError(f"--dataset {path} item {i} of the list: a row must be a JSON object {{...}}; fix or remove it")
+    return rows
+
+
+def read_csv_rows(path, text):
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    limit = csv.field_size_limit(len(text) + 1)  # a long question is a row to judge, not a broken file
+    try:
+        header, rows, start = None, [], 1
+        while True:
+            try:
+                fields = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as e:
+                raise ValueError(f"--dataset {path} line {start}: not valid CSV ({e}); fix that row (a quote left "
+                                 "open?)") from None
+            if fields and header is None:
+                header = fields
+            elif fields:
+                if len(fields) > len(header):
+                    raise ValueError(f"--dataset {path} line {start}: {len(fields)} fields, but the header has "
+                                     f"{len(header)}; quote the fields that hold commas")
+                rows.append(dict(zip(header, fields)))
+            start = reader.line_num + 1
+        return rows
+    finally:
+        csv.field_size_limit(limit)
 
 
 def clean_rows(dataset, cfg, name):
-    """Task rows from one split of a datasets.Dataset, skipping (and counting) unusable ones."""
+    """Task rows from one split (a datasets.Dataset or a list of dicts), skipping (and counting)
+    unusable ones. A question or answer may be text or a number (read as its text)."""
+    where = f"--dataset {cfg.dataset}: split '{name}'" if cfg.dataset else f"split '{name}'"
+    fields = dataset.column_names if hasattr(dataset, "column_names") else list(dict.fromkeys(k for r in dataset for k in r))
     for needed in (cfg.question_field, cfg.answer_field):
-        if needed not in dataset.column_names:
-            raise ValueError(f"dataset split '{name}' has no field {needed!r} (--question_field/--answer_field); "
-                             f"its fields are {dataset.column_names}")
+        if needed not in fields:
+            raise ValueError(f"{where} has no field {needed!r} (--question_field/--answer_field); "
+                             f"its fields are {fields}")
     rows, skipped = [], []
     for i, row in enumerate(dataset):
-        question, answer_text = row[cfg.question_field], row[cfg.answer_field]
-        if not isinstance(question, str) or not question.strip() or answer_text is None:
-            skipped.append((i, "missing question or answer"))
+        question, answer_text = row.get(cfg.question_field), row.get(cfg.answer_field)
+        why = unusable(question, cfg.question_field) or unusable(answer_text, cfg.answer_field)
+        if why:
+            skipped.append((i, why))
             continue
-        answer_text = str(answer_text)
+        question, answer_text = str(question), str(answer_text)
         answer = extract_answer(answer_text)
         if answer is None and "####" not in answer_text and "\\boxed" not in answer_text:
             answer = bare_answer(answer_text)
         if not answer:
             skipped.append((i, f"unparsable answer {answer_text[-40:]!r}"))
             continue
+        blank = row.get("blank_question")
         rows.append({"question": question, "answer": answer,
                      "solution": answer_text if answer_text.strip() != answer else None,
-                     "blank_question": row.get("blank_question")})
+                     "blank_question": blank if isinstance(blank, str) else None})
     if skipped:
         print(f"[data] {name}: skipped {len(skipped)} of {len(dataset)} rows, e.g. "
               + "; ".join(f"row {i}: {why}" for i, why in skipped[:3]), file=sys.stderr)
     if not rows:
-        raise ValueError(f"dataset split '{name}' has no usable rows (all {len(dataset)} skipped)")
+        raise ValueError(f"{where} has no usable rows (all {len(dataset)} skipped)")
     return rows
+
+
+def unusable(value, field):
+    """Why a row's question or answer cannot be used, or None: it must be non-empty text or a number
+    (then read as its text)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return f"missing {field}"
+    if isinstance(value, bool) or not isinstance(value, (str, int, float, Decimal)):
+        return f"{field} is a {type(value).__name__}, not text or a number"
+    return None
 
 
 def prompt_ids(tokenizer, question, instruction=""):

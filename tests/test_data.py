@@ -155,7 +155,7 @@ def test_bad_rows_are_skipped_with_a_count(tmp_path, capsys):
     cfg = GRPOConfig(dataset=write_jsonl(tmp_path / "d.jsonl", rows * 3), eval_size=2)
     train, held_out = load_rows(cfg)
     err = capsys.readouterr().err
-    assert "skipped" in err and "unparsable answer" in err and "missing question or answer" in err
+    assert "skipped" in err and "unparsable answer" in err and "missing answer" in err and "missing question" in err
     assert {r["answer"] for r in train + held_out} == {"3", "5", "7"}
     assert all((r["solution"] is None) == (r["answer"] == "7") for r in train + held_out)  # a bare answer has no solution
 
@@ -295,3 +295,47 @@ def test_any_float_answer_is_matched_by_its_plain_decimal_and_its_repr(x):
 def test_exponents_are_read_only_in_numbers(response, answer, equal):
     assert check_answer(response, answer) == (float(equal), False)
 
+
+@pytest.mark.parametrize("name, content, expected", [
+    ("d.jsonl", "", "the file holds no rows (it is empty"),
+    ("d.jsonl", "\n\n  \n", "the file holds no rows (it is empty"),
+    ("d.csv", "question,answer\n", "the file holds no rows (it is empty"),
+    ("d.json", "", "the file holds no rows (it is empty"),
+    ("d.jsonl", "{}\n{}\n", ": split 'train' has no field 'question' (--question_field/--answer_field); its fields are []"),
+    ("d.csv", 'question,answer\nq1,1\n"q2,2\nq3,3\n', 'line 3: not valid CSV (unexpected end of data)'),
+    ("d.csv", "question,answer\nq1,1\nq2,2,3\n", "line 3: 3 fields, but the header has 2"),
+    ("d.jsonl", '{"question": "q", "answer": "1"}\n' + "[" * 100_000 + "\n", "line 2: not valid JSON (nested too deeply)"),
+    ("d.json", '{"question": "q", "answer": "1"}', "a .json file must hold a list of rows"),
+    ("d.json", '[{"question": "q", "answer": "1"}, 3]', "item 2 of the list: a row must be a JSON object"),
+])
+def test_a_file_the_loader_cannot_use_is_one_line_naming_the_file_and_the_line(tmp_path, name, content, expected):
+    path = tmp_path / name
+    path.write_text(content)
+    message = exit_message(["--dataset", str(path), "--output_dir", str(tmp_path / "r")])
+    assert f"--dataset {path}" in message and expected in message, message
+
+
+def test_a_line_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b'{"question": "q", "answer": "1"}\n{"question": "\xff", "answer": "2"}\n')
+    assert f"--dataset {path} line 2: not UTF-8 text" in exit_message(["--dataset", str(path), "--output_dir", str(tmp_path / "r")])
+
+
+def test_numbers_in_json_rows_are_read_exactly_whatever_their_size(tmp_path):
+    """An integer beyond int64 (or beyond Python's 4,300-digit int/str limit) is a valid JSON answer."""
+    huge = "9" * 5000
+    path = tmp_path / "d.jsonl"
+    path.write_text(f'{{"question": "q1", "answer": {2 ** 70}}}\n{{"question": "q2", "answer": {huge}}}\n'
+                    f'{{"question": "q3", "answer": -{2 ** 64}}}\n{{"question": 12345, "answer": 0.1}}\n')
+    train, held_out = load_rows(GRPOConfig(dataset=str(path), dataset_split="train", eval_split="train", eval_size=4))
+    assert [(r["question"], r["answer"]) for r in train] == [("q1", str(2 ** 70)), ("q2", huge), ("q3", str(-2 ** 64)),
+                                                              ("12345", "1/10")]
+
+
+def test_a_question_or_answer_that_is_neither_text_nor_a_number_is_skipped_and_named(tmp_path, capsys):
+    rows = [{"question": {"text": "q"}, "answer": "#### 1"}, {"question": "q", "answer": ["230"]},
+            {"question": "q", "answer": True}, {"question": 7, "answer": "#### 7"}, {"question": "q", "answer": "#### 8"}]
+    train, _ = load_rows(GRPOConfig(dataset=write_jsonl(tmp_path / "d.jsonl", rows), eval_split="train", eval_size=2))
+    err = capsys.readouterr().err
+    assert "row 0: question is a dict, not text or a number" in err and "row 1: answer is a list" in err
+    assert "row 2: answer is a bool" in err and [r["question"] for r in train] == ["7", "q"]
