@@ -150,18 +150,16 @@ def load_rows(cfg, splits=None):
 
 
 def load_splits(cfg):
-    """{split: rows} of --dataset: a local .json/.jsonl/.csv file (read_file_rows: a list of dicts,
-    split 'train'), a local .parquet file or folder, or a datasets id (a datasets.Dataset per split).
+    """{split: rows} of --dataset: a local .json/.jsonl/.parquet/.csv file (read_file_rows: a list
+    of dicts, split 'train'), or a folder or a datasets id (a datasets.Dataset per split).
     A missing file, a row that cannot be read, a dataset that cannot be loaded: one clear error."""
     from datasets import load_dataset
     path, ext = cfg.dataset, os.path.splitext(cfg.dataset)[1].lstrip(".")
     if os.path.isfile(path):
         if ext not in ("json", "jsonl", "parquet", "csv"):
             raise ValueError(f"--dataset {path}: local files must be .json, .jsonl, .parquet or .csv")
-        if ext != "parquet":
-            return {"train": read_file_rows(path, ext)}
-        name, kw = "parquet", {"data_files": path}
-    elif os.path.isdir(path):
+        return {"train": read_file_rows(path, ext)}
+    if os.path.isdir(path):
         name, kw = path, {}
     elif ext in ("json", "jsonl", "parquet", "csv") or path.startswith((".", "/", "~")):
         raise ValueError(f"--dataset {path}: no such file; give an existing .json/.jsonl/.parquet/.csv file or a datasets id")
@@ -176,23 +174,30 @@ def load_splits(cfg):
 
 def read_file_rows(path, ext):
     """The rows (dicts) of a local .jsonl (one JSON object per non-empty line), .json (a list of
-    objects) or .csv (a header line, then one row per record) file. Read here rather than by the
-    datasets library so that an error names the line to fix, and so that rows need no common
-    column type: every value is kept as written (JSON numbers and CSV cells as their text, so
-    '1e-05', an integer beyond int64 or one of 10,000 digits stay exact), and clean_rows judges
-    each row on its own. Else a ValueError naming the file, the line (or item) and what to do."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise ValueError(f"--dataset {path} line {line}: not UTF-8 text; save the file as UTF-8") from None
-    if text.strip():
-        rows = read_csv_rows(path, text) if ext == "csv" else read_json_rows(path, text, lines=ext == "jsonl")
-    if not text.strip() or not rows:
+    objects), .csv (a header line, then one row per record) or .parquet file. Read here rather than
+    by the datasets library so that an error names the line to fix, and so that rows need no common
+    column type: JSON numbers and CSV cells are kept as their text ('1e-05', an integer beyond int64
+    or one of 10,000 digits stay exact), and clean_rows judges each row on its own. Else a
+    ValueError naming the file, the line (or item) and what to do."""
+    if ext == "parquet":
+        import pyarrow.parquet as pq
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except Exception as e:  # pyarrow's errors are many: the file as a whole is unreadable, it names no row
+            raise ValueError(f"--dataset {path}: not a readable parquet file ({first_line(e)}); write it again") from None
+    else:
+        with open(path, "rb") as f:
+            raw = f.read()
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            line = raw.count(b"\n", 0, e.start) + 1
+            raise ValueError(f"--dataset {path} line {line}: not UTF-8 text; save the file as UTF-8") from None
+        rows = [] if not text.strip() else (
+            read_csv_rows(path, text) if ext == "csv" else read_json_rows(path, text, lines=ext == "jsonl"))
+    if not rows:
         raise ValueError(f"--dataset {path}: the file holds no rows (it is empty, blank or only a header); give one "
-                         "row per line (.jsonl, .csv after its header) or a list of rows (.json)")
+                         "row per line (.jsonl, .csv after its header) or a list of rows (.json, .parquet)")
     return rows
 
 
