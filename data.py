@@ -30,6 +30,7 @@ _NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?(/\d+)?$")
 _NUMBER_THEN_WORDS = re.compile(r"^((?>[-+]?[\d,]*\.?\d+(?:/\d+)?))\s+[A-Za-z]")
 EXACT_DIGITS = 4300  # Python's own bound on int <-> str conversion: longer numbers are compared as written
 _PROSE = re.compile(r"[A-Za-z]{2,}")
+_LATEX_WORDS = re.compile(r"\\(?:text[a-z]*|mbox|math[a-z]+|operatorname|begin|end)\s*\{[^{}]*\}|\\[A-Za-z]+")
 VERIFY_TIMEOUT_S = 2  # math-verify's bound on each parse and each comparison (whole seconds: it uses SIGALRM)
 
 
@@ -77,10 +78,13 @@ def extract_answer(text):
 
 def bare_answer(text):
     """A dataset's answer field that is itself the final answer ('42', '\\frac{14}{3}', '6 - 5i',
-    '\\left( 3, \\frac{\\pi}{2} \\right)'), or None when it reads as prose: one line, and no word of
-    two or more letters outside LaTeX commands and \\text{...}."""
+    '\\left( 3, \\frac{\\pi}{2} \\right)', '15\\mbox{ cm}^2', a pmatrix), or None when it reads as
+    prose. The rule: one line, and no word of two or more letters outside LaTeX command names, the
+    argument of a text or font command (\\text{...}, \\mbox, \\mathrm, \\operatorname, ...) and the
+    name of an environment (\\begin{pmatrix}). math-verify's parse cannot decide it: it reads any
+    prose as a product of letters."""
     text = normalize_answer(text)
-    math_only = re.sub(r"\\text\{[^{}]*\}|\\[A-Za-z]+", "", text)
+    math_only = _LATEX_WORDS.sub("", text)
     return text if text and "\n" not in text and not _PROSE.search(math_only) else None
 
 

@@ -128,10 +128,25 @@ def test_a_check_that_runs_out_of_time_counts_as_wrong_and_is_counted(monkeypatc
 @pytest.mark.parametrize("text, bare", [
     ("42", "42"), ("\\frac{14}{3}", "\\frac{14}{3}"), ("6 - 5i", "6 - 5i"), ("\\text{Evelyn}", "\\text{Evelyn}"),
     ("\\left( 3, \\frac{\\pi}{2} \\right)", "\\left( 3, \\frac{\\pi}{2} \\right)"), ("x^2+7x+10", "x^2+7x+10"),
-    ("no idea", None), ("The answer is 5", None), ("", None),
+    ("\\begin{pmatrix} -1/3 \\\\ 2/3 \\end{pmatrix}", "\\begin{pmatrix} -1/3 \\\\ 2/3 \\end{pmatrix}"),
+    ("15\\mbox{ cm}^2", "15\\mbox{ cm}^2"), ("5\\text{ cm}", "5\\text{ cm}"), ("\\textbf{(A)}", "\\textbf{(A)}"),
+    ("\\operatorname{lcm}(2, 3)", "\\operatorname{lcm}(2, 3)"), ("3\\mathrm{m/s}", "3\\mathrm{m/s}"),
+    ("no idea", None), ("The answer is 5", None), ("", None), ("The answer is that he walked", None),
+    ("\\text{so} it is 5", None), ("\\begin{pmatrix} yes \\end{pmatrix}", None),
 ])
 def test_a_bare_answer_is_math_not_prose(text, bare):
     assert bare_answer(text) == bare
+
+
+def test_matrix_and_unit_answers_are_kept_and_matched(tmp_path):
+    """MATH-style bare answers with an environment or a unit are rows, matched by their value."""
+    matrix, area = "\\begin{pmatrix} -1/3 \\\\ 2/3 \\end{pmatrix}", "15\\mbox{ cm}^2"
+    rows = [{"question": "q1", "answer": matrix}, {"question": "q2", "answer": area}]
+    train, _ = load_rows(GRPOConfig(dataset=write_jsonl(tmp_path / "d.jsonl", rows), eval_split="train", eval_size=2))
+    assert [r["answer"] for r in train] == [matrix, area]
+    assert check_answer("\\boxed{\\begin{pmatrix} -\\frac13 \\\\ \\frac23 \\end{pmatrix}}", matrix)[0] == 1.0
+    assert check_answer("\\boxed{\\begin{pmatrix} \\frac13 \\\\ \\frac23 \\end{pmatrix}}", matrix)[0] == 0.0
+    assert check_answer("#### 15", area)[0] == 1.0 and check_answer("#### 16", area)[0] == 0.0
 
 
 def test_every_row_of_the_real_gsm8k_test_split_parses():
