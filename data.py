@@ -157,7 +157,6 @@ def load_splits(cfg):
     """{split: rows} of --dataset: a local .json/.jsonl/.parquet/.csv file (read_file_rows: a list
     of dicts, split 'train'), or a folder or a datasets id (a datasets.Dataset per split).
     A missing file, a row that cannot be read, a dataset that cannot be loaded: one clear error."""
-    from datasets import load_dataset
     path, ext = cfg.dataset, os.path.splitext(cfg.dataset)[1].lstrip(".")
     if os.path.isfile(path):
         if ext not in ("json", "jsonl", "parquet", "csv"):
@@ -169,6 +168,7 @@ def load_splits(cfg):
         raise ValueError(f"--dataset {path}: no such file; give an existing .json/.jsonl/.parquet/.csv file or a datasets id")
     else:  # a datasets id such as openai/gsm8k
         name, kw = path, {"name": cfg.dataset_config or None}  # datasets >= 4 runs no loading scripts
+    from datasets import load_dataset
     try:
         return load_dataset(name, **kw)
     except Exception as e:  # the datasets library's errors are many and long: name the dataset and the first line
@@ -211,6 +211,7 @@ def parse_json(text):
 
 
 def read_json_rows(path, text, lines):
+    """read_file_rows of a .jsonl (lines=True) or .json file's text."""
     try:
         if lines:
             rows = []
@@ -238,6 +239,8 @@ def read_json_rows(path, text, lines):
 
 
 def read_csv_rows(path, text):
+    """read_file_rows of a .csv file's text; a record's line is the one where it starts (a quoted
+    cell may span lines)."""
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     limit = csv.field_size_limit(len(text) + 1)  # a long question is a row to judge, not a broken file
     try:
