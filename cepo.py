@@ -168,18 +168,6 @@ def hint_contrast(model, tokenizer, rows, cfg):
     return diff.mean().item(), (diff > 0).float().mean().item()
 
 
-def wrong_hint(answer):
-    """hint_contrast's wrong answer for a row's answer: an integer answer plus one, any other answer
-    (or an integer of more digits than Python converts) with a 0 appended. Only ASCII digits count:
-    '²'.isdigit() is true but int('²') fails."""
-    if answer.isascii() and answer.lstrip("-").isdigit():
-        try:
-            return str(int(answer) + 1)
-        except ValueError:  # beyond sys.get_int_max_str_digits()
-            pass
-    return answer + "0"
-
-
 def hint_check(model, tokenizer, eval_rows, cfg):
     """The preflight seam: hint_contrast on up to HINT_CHECK_ROWS held-out rows with a reference
     solution, printed, with a warning when the correct hint does not make the solutions more
@@ -196,6 +184,18 @@ def hint_check(model, tokenizer, eval_rows, cfg):
               "more likely); the teachers' evidence will be noise. Try another --hint_template, or a model that reads it",
               file=sys.stderr)
     return {"hint_contrast_nats": nats, "hint_contrast_wins": wins}
+
+
+def wrong_hint(answer):
+    """hint_contrast's wrong answer for a row's answer: an integer answer plus one, any other answer
+    (or an integer of more digits than Python converts) with a 0 appended. Only ASCII digits count:
+    '²'.isdigit() is true but int('²') fails."""
+    if answer.isascii() and answer.lstrip("-").isdigit():
+        try:
+            return str(int(answer) + 1)
+        except ValueError:  # beyond sys.get_int_max_str_digits()
+            pass
+    return answer + "0"
 
 
 METHOD = {"credit": cepo_credit, "loss_fn": gb.grpo_loss, "preflight": hint_check}  # only the credit changes
