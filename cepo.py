@@ -160,7 +160,7 @@ def hint_contrast(model, tokenizer, rows, cfg):
     Returns (mean difference per solution, fraction of rows where the correct hint wins)."""
     instruction = resolve_instruction(cfg)
     prompts = [prompt_ids(tokenizer, r["question"], instruction) for r in rows]
-    wrong = [str(int(r["answer"]) + 1) if r["answer"].lstrip("-").isdigit() else r["answer"] + "0" for r in rows]
+    wrong = [wrong_hint(r["answer"]) for r in rows]
     diff = solution_logprob_gap(model, tokenizer, [r["solution"] for r in rows],
                                 [p + hint_ids(tokenizer, r["answer"], cfg) for p, r in zip(prompts, rows)],
                                 [p + hint_ids(tokenizer, w, cfg) for p, w in zip(prompts, wrong)],
@@ -184,6 +184,18 @@ def hint_check(model, tokenizer, eval_rows, cfg):
               "more likely); the teachers' evidence will be noise. Try another --hint_template, or a model that reads it",
               file=sys.stderr)
     return {"hint_contrast_nats": nats, "hint_contrast_wins": wins}
+
+
+def wrong_hint(answer):
+    """hint_contrast's wrong answer for a row's answer: an integer answer plus one, any other answer
+    (or an integer of more digits than Python converts) with a 0 appended. Only ASCII digits count:
+    '²'.isdigit() is true but int('²') fails."""
+    if answer.isascii() and answer.lstrip("-").isdigit():
+        try:
+            return str(int(answer) + 1)
+        except ValueError:  # beyond sys.get_int_max_str_digits()
+            pass
+    return answer + "0"
 
 
 METHOD = {"credit": cepo_credit, "loss_fn": gb.grpo_loss, "preflight": hint_check}  # only the credit changes

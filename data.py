@@ -6,7 +6,9 @@ A row is {question, answer, solution, blank_question}: `answer` is the parsed fi
 `blank_question` the question with its content hidden when the task defines one (GCPO's
 'empty_prompt'). Model output is untrusted text: it is parsed here, never evaluated.
 """
+import csv
 import functools
+import io
 import json
 import os
 import random
@@ -22,24 +24,38 @@ from language_model import first_line, generate
 DEFAULT_INSTRUCTION = " Let's think step by step and output the final answer after \"####\"."
 
 
-_NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)(/\d+)?$")
-_NUMBER_THEN_WORDS = re.compile(r"^([-+]?[\d,]*\.?\d+(?:/\d+)?)\s+[A-Za-z]")  # '72 dollars' -> '72'
+_NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?(/\d+)?$")
+# '72 dollars' -> '72'. The atomic group keeps the match linear in the length of a run of digits
+# (a plain group backtracks over every split of the run: seconds on 20,000 digits, outside any time bound).
+_NUMBER_THEN_WORDS = re.compile(r"^((?>[-+]?[\d,]*\.?\d+(?:/\d+)?))\s+[A-Za-z]")
+EXACT_DIGITS = 4300  # Python's own bound on int <-> str conversion: longer numbers are compared as written
 _PROSE = re.compile(r"[A-Za-z]{2,}")
+_LATEX_WORDS = re.compile(r"\\(?:text[a-z]*|mbox|math[a-z]+|operatorname|begin|end)\s*\{[^{}]*\}|\\[A-Za-z]+")
 VERIFY_TIMEOUT_S = 2  # math-verify's bound on each parse and each comparison (whole seconds: it uses SIGALRM)
 
 
 def normalize_answer(text):
-    """Canonical form of a final answer: '1,000.0' -> '1000', ' $42. ' -> '42'; anything else
-    stripped (its commas kept: '(3, 4)' and '\\{1,2\\}' are not numbers)."""
+    """Canonical form of a final answer: a number by its exact value, whatever its written form
+    ('1,000.0' -> '1000', ' $42. ' -> '42', '3.50' -> '7/2', '1e-05' and '0.00001' -> '1/100000'),
+    unless its value would need more than EXACT_DIGITS digits (then it is kept as written); anything
+    else stripped (its commas kept: '(3, 4)' and '\\{1,2\\}' are not numbers)."""
     text = text.strip().strip("$").rstrip(".").strip()
     number = text.replace(",", "")
-    if _NUMBER.match(number):
+    if _NUMBER.match(number) and value_digits(number) <= EXACT_DIGITS:
         try:
             value = Fraction(Decimal(number)) if "/" not in number else Fraction(number)
             return str(value.numerator) if value.denominator == 1 else str(value)
         except (InvalidOperation, ValueError, ZeroDivisionError):
             pass
     return text
+
+
+def value_digits(number):
+    """A bound on the digits of a number's exact value, from its written form (a _NUMBER): its
+    length plus the size of its exponent ('1e999999999' has a billion), computed without building it."""
+    if len(number) > EXACT_DIGITS:
+        return len(number)
+    return len(number) + abs(int(number.lower().partition("e")[2].partition("/")[0] or 0))
 
 
 def extract_answer(text):
@@ -62,10 +78,13 @@ def extract_answer(text):
 
 def bare_answer(text):
     """A dataset's answer field that is itself the final answer ('42', '\\frac{14}{3}', '6 - 5i',
-    '\\left( 3, \\frac{\\pi}{2} \\right)'), or None when it reads as prose: one line, and no word of
-    two or more letters outside LaTeX commands and \\text{...}."""
+    '\\left( 3, \\frac{\\pi}{2} \\right)', '15\\mbox{ cm}^2', a pmatrix), or None when it reads as
+    prose. The rule: one line, and no word of two or more letters outside LaTeX command names, the
+    argument of a text or font command (\\text{...}, \\mbox, \\mathrm, \\operatorname, ...) and the
+    name of an environment (\\begin{pmatrix}). math-verify's parse cannot decide it: it reads any
+    prose as a product of letters."""
     text = normalize_answer(text)
-    math_only = re.sub(r"\\text\{[^{}]*\}|\\[A-Za-z]+", "", text)
+    math_only = _LATEX_WORDS.sub("", text)
     return text if text and "\n" not in text and not _PROSE.search(math_only) else None
 
 
@@ -116,8 +135,9 @@ def load_rows(cfg, splits=None):
     """(train rows, eval rows) of --dataset, or of `splits` ({split name: datasets.Dataset}, the
     embedded task's) when given.
 
-    Rows whose question or answer is missing, or whose final answer cannot be parsed, are skipped
-    and counted (a warning names the first few by their row number); zero usable rows is an error.
+    Rows whose question or answer is missing or neither text nor a number, or whose final answer
+    cannot be parsed, are skipped and counted (a warning names the first few by their row number);
+    zero usable rows is an error.
     """
     if splits is None:
         splits = load_splits(cfg)
@@ -134,23 +154,21 @@ def load_rows(cfg, splits=None):
 
 
 def load_splits(cfg):
-    """{split: datasets.Dataset} of --dataset: a local .json/.jsonl/.parquet/.csv file or folder, or
-    a datasets id. A missing file, a line that is not JSON, a dataset that cannot be loaded: one
-    clear error."""
-    from datasets import load_dataset
+    """{split: rows} of --dataset: a local .json/.jsonl/.parquet/.csv file (read_file_rows: a list
+    of dicts, split 'train'), or a folder or a datasets id (a datasets.Dataset per split).
+    A missing file, a row that cannot be read, a dataset that cannot be loaded: one clear error."""
     path, ext = cfg.dataset, os.path.splitext(cfg.dataset)[1].lstrip(".")
     if os.path.isfile(path):
         if ext not in ("json", "jsonl", "parquet", "csv"):
             raise ValueError(f"--dataset {path}: local files must be .json, .jsonl, .parquet or .csv")
-        if ext in ("json", "jsonl"):
-            check_json_file(path, lines=ext == "jsonl")
-        name, kw = "json" if ext == "jsonl" else ext, {"data_files": path}
-    elif os.path.isdir(path):
+        return {"train": read_file_rows(path, ext)}
+    if os.path.isdir(path):
         name, kw = path, {}
     elif ext in ("json", "jsonl", "parquet", "csv") or path.startswith((".", "/", "~")):
         raise ValueError(f"--dataset {path}: no such file; give an existing .json/.jsonl/.parquet/.csv file or a datasets id")
     else:  # a datasets id such as openai/gsm8k
         name, kw = path, {"name": cfg.dataset_config or None}  # datasets >= 4 runs no loading scripts
+    from datasets import load_dataset
     try:
         return load_dataset(name, **kw)
     except Exception as e:  # the datasets library's errors are many and long: name the dataset and the first line
@@ -158,52 +176,139 @@ def load_splits(cfg):
                          "or a datasets id this machine can download") from None
 
 
-def check_json_file(path, lines):
-    """A .jsonl file with one JSON object per non-empty line, or a .json file that parses; else a
-    ValueError naming the file and the line to fix."""
+def read_file_rows(path, ext):
+    """The rows (dicts) of a local .jsonl (one JSON object per non-empty line), .json (a list of
+    objects), .csv (a header line, then one row per record) or .parquet file. Read here rather than
+    by the datasets library so that an error names the line to fix, and so that rows need no common
+    column type: JSON numbers and CSV cells are kept as their text ('1e-05', an integer beyond int64
+    or one of 10,000 digits stay exact), and clean_rows judges each row on its own. Else a
+    ValueError naming the file, the line (or item) and what to do."""
+    if ext == "parquet":
+        import pyarrow.parquet as pq
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except Exception as e:  # pyarrow's errors are many: the file as a whole is unreadable, it names no row
+            raise ValueError(f"--dataset {path}: not a readable parquet file ({first_line(e)}); write it again") from None
+    else:
+        with open(path, "rb") as f:
+            raw = f.read()
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            line = raw.count(b"\n", 0, e.start) + 1
+            raise ValueError(f"--dataset {path} line {line}: not UTF-8 text; save the file as UTF-8") from None
+        rows = [] if not text.strip() else (
+            read_csv_rows(path, text) if ext == "csv" else read_json_rows(path, text, lines=ext == "jsonl"))
+    if not rows:
+        raise ValueError(f"--dataset {path}: the file holds no rows (it is empty, blank or only a header); give one "
+                         "row per line (.jsonl, .csv after its header) or a list of rows (.json, .parquet)")
+    return rows
+
+
+def parse_json(text):
+    """JSON with its numbers kept as their text (no float rounding, no int-size limit)."""
+    return json.loads(text, parse_int=str, parse_float=str)
+
+
+def read_json_rows(path, text, lines):
+    """read_file_rows of a .jsonl (lines=True) or .json file's text."""
     try:
-        with open(path, encoding="utf-8") as f:
-            if not lines:
-                json.load(f)
-                return
-            for n, line in enumerate(f, 1):
-                if line.strip() and not isinstance(json.loads(line), dict):
-                    raise ValueError(f"--dataset {path} line {n}: a row must be a JSON object {{...}}; fix or remove that line")
+        if lines:
+            rows = []
+            for n, line in enumerate(text.split("\n"), 1):
+                if line.strip():
+                    rows.append(parse_json(line))
+                    if not isinstance(rows[-1], dict):
+                        raise ValueError(f"--dataset {path} line {n}: a row must be a JSON object {{...}}; fix or "
+                                         "remove that line")
+            return rows
+        rows = parse_json(text)
     except json.JSONDecodeError as e:
         raise ValueError(f"--dataset {path} line {n if lines else e.lineno}: not valid JSON ({e.msg}); fix or remove "
                          "that line") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"--dataset {path}: not UTF-8 text; save it as UTF-8") from None
+    except RecursionError:
+        raise ValueError(f"--dataset {path}{f' line {n}' if lines else ''}: not valid JSON (nested too deeply); fix or "
+                         "remove that row") from None
+    if not isinstance(rows, list):
+        raise ValueError(f"--dataset {path}: a .json file must hold a list of rows [{{...}}, ...]; use .jsonl for one "
+                         "row per line")
+    for i, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            raise ValueError(f"--dataset {path} item {i} of the list: a row must be a JSON object {{...}}; fix or remove it")
+    return rows
+
+
+def read_csv_rows(path, text):
+    """read_file_rows of a .csv file's text; a record's line is the one where it starts (a quoted
+    cell may span lines)."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    limit = csv.field_size_limit(len(text) + 1)  # a long question is a row to judge, not a broken file
+    try:
+        header, rows, start = None, [], 1
+        while True:
+            try:
+                fields = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as e:
+                raise ValueError(f"--dataset {path} line {start}: not valid CSV ({e}); fix that row (a quote left "
+                                 "open?)") from None
+            if fields and header is None:
+                header = fields
+            elif fields:
+                if len(fields) > len(header):
+                    raise ValueError(f"--dataset {path} line {start}: {len(fields)} fields, but the header has "
+                                     f"{len(header)}; quote the fields that hold commas")
+                rows.append(dict(zip(header, fields)))
+            start = reader.line_num + 1
+        return rows
+    finally:
+        csv.field_size_limit(limit)
 
 
 def clean_rows(dataset, cfg, name):
-    """Task rows from one split of a datasets.Dataset, skipping (and counting) unusable ones."""
+    """Task rows from one split (a datasets.Dataset or a list of dicts), skipping (and counting)
+    unusable ones. A question or answer may be text or a number (read as its text)."""
+    where = f"--dataset {cfg.dataset}: split '{name}'" if cfg.dataset else f"split '{name}'"
+    fields = dataset.column_names if hasattr(dataset, "column_names") else list(dict.fromkeys(k for r in dataset for k in r))
     for needed in (cfg.question_field, cfg.answer_field):
-        if needed not in dataset.column_names:
-            raise ValueError(f"dataset split '{name}' has no field {needed!r} (--question_field/--answer_field); "
-                             f"its fields are {dataset.column_names}")
+        if needed not in fields:
+            raise ValueError(f"{where} has no field {needed!r} (--question_field/--answer_field); "
+                             f"its fields are {fields}")
     rows, skipped = [], []
     for i, row in enumerate(dataset):
-        question, answer_text = row[cfg.question_field], row[cfg.answer_field]
-        if not isinstance(question, str) or not question.strip() or answer_text is None:
-            skipped.append((i, "missing question or answer"))
+        question, answer_text = row.get(cfg.question_field), row.get(cfg.answer_field)
+        why = unusable(question, cfg.question_field) or unusable(answer_text, cfg.answer_field)
+        if why:
+            skipped.append((i, why))
             continue
-        answer_text = str(answer_text)
+        question, answer_text = str(question), str(answer_text)
         answer = extract_answer(answer_text)
         if answer is None and "####" not in answer_text and "\\boxed" not in answer_text:
             answer = bare_answer(answer_text)
         if not answer:
             skipped.append((i, f"unparsable answer {answer_text[-40:]!r}"))
             continue
+        blank = row.get("blank_question")
         rows.append({"question": question, "answer": answer,
                      "solution": answer_text if answer_text.strip() != answer else None,
-                     "blank_question": row.get("blank_question")})
+                     "blank_question": blank if isinstance(blank, str) else None})
     if skipped:
         print(f"[data] {name}: skipped {len(skipped)} of {len(dataset)} rows, e.g. "
               + "; ".join(f"row {i}: {why}" for i, why in skipped[:3]), file=sys.stderr)
     if not rows:
-        raise ValueError(f"dataset split '{name}' has no usable rows (all {len(dataset)} skipped)")
+        raise ValueError(f"{where} has no usable rows (all {len(dataset)} skipped)")
     return rows
+
+
+def unusable(value, field):
+    """Why a row's question or answer cannot be used, or None: it must be non-empty text or a number
+    (then read as its text)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return f"missing {field}"
+    if isinstance(value, bool) or not isinstance(value, (str, int, float, Decimal)):
+        return f"{field} is a {type(value).__name__}, not text or a number"
+    return None
 
 
 def prompt_ids(tokenizer, question, instruction=""):
