@@ -126,7 +126,6 @@ class GRPOConfig:
             need(getattr(self, flag) >= 0, flag, "must be >= 0")
         for flag in ("seed", "warm_start_seed"):
             need(abs(getattr(self, flag)) < 2**31, flag, "must be between -2**31 and 2**31")
-        need(self.model or not self.dataset, "dataset", "needs --model: the embedded model only knows the embedded task")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float):  # inf or nan in any option makes every update a NaN, i.e. a no-op
@@ -466,6 +465,8 @@ def train(cfg, credit=grpo_credit, loss_fn=grpo_loss, edit_rollouts=None, recred
 def train_run(run, cfg, device, credit, loss_fn, edit_rollouts, recredit, preflight):
     """train's body, in a run directory open_run has locked and prepared."""
     train_rows, eval_rows = load_task(cfg)
+    if cfg.dataset and not cfg.model:
+        raise ValueError(f"--dataset {cfg.dataset} needs --model: the embedded model knows only the embedded task")
     model_path = cfg.model or warm_start(cfg, train_rows, eval_rows, device)
     model, tokenizer = load_policy(model_path, cfg, device)
     instruction = resolve_instruction(cfg)

@@ -49,7 +49,6 @@ def test_compare_help(monkeypatch, capsys):
     (["--learning_rate", "nan"], "--learning_rate", "finite"),
     (["--learning_rate", "-1e-4"], "--learning_rate", "must be > 0"),  # a negative value after its flag is a value
     (["--seed", "99999999999999999999"], "--seed", "2\\*\\*31"),
-    (["--dataset", "data.jsonl"], "--dataset", "needs --model"),
 ])
 def test_values_that_would_make_a_run_a_no_op_or_crash_are_refused_at_parse_time(argv, flag, problem, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -67,6 +66,14 @@ def test_method_options_are_checked_the_same_way(config_cls, argv, flag, capsys)
     with pytest.raises(SystemExit):
         gb.parse_config(config_cls, argv)
     assert f"{flag}=" in capsys.readouterr().err
+
+
+def test_a_dataset_without_a_model_is_one_line_before_any_work(tmp_path, monkeypatch):
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(f'{{"question": "{a}+1", "answer": "{a + 1}"}}\n' for a in range(300)))
+    monkeypatch.setattr(gb, "warm_start", lambda *a: pytest.fail("the warm start ran"))
+    with pytest.raises(SystemExit, match=f"error: --dataset {data} needs --model"):
+        gb.main(gb.GRPOConfig, ["--dataset", str(data), "--output_dir", str(tmp_path / "run")])
 
 
 def test_a_negative_value_after_its_flag_parses():
