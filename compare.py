@@ -1,27 +1,34 @@
-"""Compare GRPO, GCPO, CEPO and Gold: the benchmark `./run.sh` runs, and `./run.sh bench`.
+"""The benchmark `./run.sh` runs (and `./run.sh bench`): the credit methods against GRPO and
+against controls that say what a difference means, on the embedded `chain` task.
 
-    python compare.py              # the benchmark: 3 warm starts x 2 RL seeds x 4 methods -> results/
-    python compare.py --quick      # the same pipeline on a small budget (a smoke run, not a result)
+    python compare.py              # 6 warm starts x 1 RL seed x 6 arms -> results/      (~30 min, 2 cores)
+    python compare.py --full       # 16 warm starts x 2 seeds x every arm -> results/full/ (hours)
+    python compare.py --quick      # the same pipeline on a tiny budget (a smoke run, not a result)
+    python compare.py --recompute results/   # every number again, from the committed per-step metrics
     python compare.py --bench      # seconds per step by phase and peak memory, one process
 
-The unit of the benchmark is a (warm start, RL seed) pair. Each warm start is an independent draw
-of the embedded model (--warm_start_seed), checked for what the methods rely on (does it read
-CEPO's hints and GCPO's negative prompts?); every method then trains from it with each RL seed,
-on the same prompts and budget (GRPOConfig's defaults). Gold runs with GRPO's loss
-(SAME_LOSS_AS_GRPO), so its row measures the injection alone. Per method: final held-out accuracy,
-the area under the held-out accuracy curve (AUC: the mean accuracy over training), steps to
-+0.15 over the warm start, and the paired difference to GRPO, each with a 95% bootstrap interval
-that resamples warm starts and then seeds within them (both vary from machine to machine). On the
-chain task, credit is also measured against the ground truth: the share of |Â| on decisive tokens.
-Runs go --jobs at a time, one thread each. Results: results/summary.md, summary.json, curves.png,
-credit_embedded.html/png.
+Arms: the methods (gcpo, cepo, gold) and the controls (controls.py): `aa`, GRPO again with another
+sampling seed on the same prompts (the noise floor); `oracle`, credit only where the task's ground
+truth says the reward was decided (the most token credit can buy here); `random`, GCPO's weights
+shuffled within each response; `sft_gold`, Gold's references as a supervised term without its
+contrast. Gold and sft_gold take GRPO's loss (SAME_LOSS_AS_GRPO), so they differ by the edit alone.
+
+Design. The unit is the warm start (an independent draw of the embedded model); RL seeds are nested
+in it (run seed = 1000 * warm start + seed, so no two warm starts share a prompt stream). Every arm
+trains from the same warm starts with the same seeds, so each run pairs with GRPO's. Primary metric:
+AUC, the mean held-out accuracy over training (1,000 problems, every eval_steps). Per arm against
+GRPO: the mean paired difference, a 95% t-interval on warm-start means (df = W - 1), an exact
+pair-level sign-flip p, Holm-adjusted over the arms, and the minimum detectable effect at 80% power
+(paired_stats). An arm is separated from GRPO when its Holm-adjusted p < 0.05. Credit is measured
+against the ground truth on every step (embedded_task.credit_ground_truth) and against a Monte-Carlo
+token advantage on a fixed sample (mc_advantage). Runs go --jobs at a time, one thread each.
 """
 import argparse
 import contextlib
+import gzip
 import io
 import json
 import os
-import random
 import statistics
 import subprocess
 import sys
@@ -33,33 +40,53 @@ from tqdm import tqdm
 import bench_memory
 import bench_trl
 import cepo
+import controls
 import gcpo
 import gold
 import grpo_baseline as gb
+import mc_advantage
+import paired_stats
 from data import evaluate, prompt_ids
-from embedded_task import warm_start
+from embedded_task import CONFUSABLE_SHARE, ROLE_NAMES, warm_start
 from language_model import load_policy
 from report import PHASES, credit_examples, phase_means, plot_curves, read_metrics, render_credit_html, render_credit_png
 
 METHODS = {"grpo": ("grpo_baseline.py", gb.GRPOConfig), "gcpo": ("gcpo.py", gcpo.GCPOConfig),
            "cepo": ("cepo.py", cepo.CEPOConfig), "gold": ("gold.py", gold.GoldConfig)}
 SEAMS = {"grpo": gb.METHOD, "gcpo": gcpo.METHOD, "cepo": cepo.METHOD, "gold": gold.METHOD}
+# arm: (command after the interpreter, config class, seams)
+ARMS = {**{m: ([file], cfg, SEAMS[m]) for m, (file, cfg) in METHODS.items()},
+        "aa": (["grpo_baseline.py"], gb.GRPOConfig, gb.METHOD),
+        **{a: (["controls.py", a], cfg, seams) for a, (cfg, seams) in controls.ARMS.items()}}
+AA_SEED_OFFSET = 500  # aa samples with seed + this, on GRPO's prompts (data_seed = seed)
 TARGET_GAIN = 0.15  # steps_to_target: the first evaluation at least this far above the warm start
 # A warm start passes a check when the reference solutions are at least this many nats (per solution) more
 # likely under the real context than under the contrasting one: e times for CEPO's right vs. wrong hint and
 # GCPO's question vs. its blanked version; the wrong-answer request asks for one slip in ~3 steps, so less.
 CHECKS = {"hint_contrast_nats": 1.0, "negative_contrast_wrong_answer": 0.25, "negative_contrast_empty_prompt": 1.0}
-QUICK = {"warm_start_steps": 120, "max_steps": 12, "eval_steps": 4, "eval_size": 100}  # plus 2 warm starts x 1 seed
+BUDGET = {"warm_start_steps": 500, "max_steps": 40, "eval_steps": 10, "eval_size": 1000}
+PRESETS = {  # warm starts, RL seeds, arms, budget overrides, results folder
+    "default": (range(6), [0], ["grpo", "aa", "oracle", "gcpo", "cepo", "gold"], {}, ""),
+    "full": (range(16), [0, 1], ["grpo", "aa", "oracle", "random", "gcpo", "cepo", "gold", "sft_gold"], {}, "full"),
+    "quick": (range(2), [0], list(ARMS), {"warm_start_steps": 300, "max_steps": 6, "eval_steps": 3, "eval_size": 100}, "quick"),
+}
+MC_SAMPLE = {"default": (12, 8), "full": (24, 16), "quick": (3, 2)}  # responses, continuations per prefix
 # Gold's own defaults (sequence ratio, seq-mean-token-mean, GSPO's clip) also change the loss of every
 # group; here it takes GRPO's, so "Gold vs GRPO" is the injection alone. At one update per rollout the
 # ratio is 1, and the sequence ratio's gradient equals the token ratio's: only the aggregation is lost.
-SAME_LOSS_AS_GRPO = {"gold": {"ratio_level": "token", **{f: getattr(gb.GRPOConfig(), f)
-                                                        for f in ("loss_type", "epsilon", "epsilon_high")}}}
+SAME_LOSS = {"ratio_level": "token", **{f: getattr(gb.GRPOConfig(), f) for f in ("loss_type", "epsilon", "epsilon_high")}}
+SAME_LOSS_AS_GRPO = {"gold": SAME_LOSS, "sft_gold": SAME_LOSS}
 
 
 def method_config(name, **overrides):
-    """The config `name` runs with here: its defaults, GRPO's loss for Gold, then `overrides`."""
-    return METHODS[name][1](**{**SAME_LOSS_AS_GRPO.get(name, {}), **overrides})
+    """The config arm `name` runs with here: its defaults, GRPO's loss for Gold's, then `overrides`."""
+    return ARMS[name][1](**{**SAME_LOSS_AS_GRPO.get(name, {}), **overrides})
+
+
+def run_seeds(arm, w, s):
+    """(seed, data_seed) of arm's run with RL seed s from warm start w: distinct per warm start."""
+    seed = 1000 * w + s
+    return (seed + AA_SEED_OFFSET if arm == "aa" else seed), seed
 
 
 def cli(options):
@@ -74,7 +101,7 @@ def check_warm_start(cfg, out):
     train_rows, eval_rows = gb.load_task(cfg)
     model, tokenizer = load_policy(warm_start(cfg, train_rows, eval_rows, device), cfg, device)
     rows = eval_rows[:100]
-    checks = {"seed": cfg.warm_start_seed, "start_acc": evaluate(model, tokenizer, eval_rows, cfg, device, ""),
+    checks = {"seed": cfg.warm_start_seed, "start_acc": evaluate(model, tokenizer, eval_rows, cfg, device, "", gb.task_reward(cfg)),
               "hint_contrast_nats": cepo.hint_contrast(model, tokenizer, rows, cepo.CEPOConfig(**vars(cfg)))[0]}
     for negative in ("wrong_answer", "empty_prompt"):
         checks[f"negative_contrast_{negative}"] = gcpo.negative_contrast(
@@ -84,15 +111,23 @@ def check_warm_start(cfg, out):
         json.dump(checks, f, indent=1)
 
 
-def run_all(methods, warm_starts, seeds, runs_dir, jobs, budget):
-    """Build and check every warm start, then train every method from each with every seed:
+def run_all(arms, warm_starts, seeds, runs_dir, jobs, budget):
+    """Build and check every warm start, then train every arm from each with every seed:
     subprocesses, `jobs` at a time, one thread each (on a tiny model two single-threaded runs do
-    more work than one two-threaded run). Returns ({warm start: checks}, {method: [(w, s, dir)]})."""
-    queue = [("warm", w, None) for w in warm_starts] + [(m, w, s) for w in warm_starts for s in seeds for m in methods]
-    cost = {"warm": 3}  # a warm start takes about as long as three runs: the progress bar's weights
+    more work than one two-threaded run). A job that finished before with the same options (its
+    done.json) is not run again: a killed benchmark resumes, and --full reuses the default's runs
+    (remove runs/ after changing the code). Returns ({warm start: checks}, {arm: [(w, s, dir)]})."""
+    queue = [("warm", w, None) for w in warm_starts] + [(a, w, s) for w in warm_starts for s in seeds for a in arms]
+    cost = {"warm": 5}  # a warm start takes about as long as five runs: the progress bar's weights
     bar = tqdm(total=sum(cost.get(j[0], 1) for j in queue), desc="benchmark", unit="run", file=sys.stdout)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    running, built, runs = {}, set(), {m: [] for m in methods}
+    running, built, runs = {}, set(), {a: [] for a in arms}
+
+    def finish(job):
+        if job[0] == "warm":
+            built.add(job[1])
+        bar.update(cost.get(job[0], 1))
+        bar.set_postfix(done=f"{job[0]} w{job[1]}" + (f" s{job[2]}" if job[2] is not None else ""))
     while queue or running:
         for job in [j for j in queue if j[0] == "warm" or j[1] in built][:jobs - len(running)]:
             queue.remove(job)
@@ -103,13 +138,19 @@ def run_all(methods, warm_starts, seeds, runs_dir, jobs, budget):
             if kind == "warm":
                 cmd = [sys.executable, __file__, "--check_warm_start", *cli(options)]
             else:
-                options.update(seed=s, save_steps=budget["max_steps"], **SAME_LOSS_AS_GRPO.get(kind, {}))
-                cmd = [sys.executable, METHODS[kind][0], *cli(options), "--overwrite_output_dir"]
+                seed, data_seed = run_seeds(kind, w, s)
+                options.update(seed=seed, data_seed=data_seed, save_steps=budget["max_steps"], **SAME_LOSS_AS_GRPO.get(kind, {}))
+                cmd = [sys.executable, *ARMS[kind][0], *cli(options), "--overwrite_output_dir"]
                 runs[kind].append((w, s, out))
+            if done(out) == cmd[1:]:  # finished before with these options (--full reuses the default's runs)
+                finish(job)
+                continue
+            if os.path.exists(os.path.join(out, "done.json")):
+                os.remove(os.path.join(out, "done.json"))
             log = open(os.path.join(out, "log.txt"), "w")
-            running[job] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log, out)
+            running[job] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log, out, cmd)
         time.sleep(0.5)
-        for job, (proc, log, out) in list(running.items()):
+        for job, (proc, log, out, cmd) in list(running.items()):
             if proc.poll() is None:
                 continue
             log.close()
@@ -120,10 +161,9 @@ def run_all(methods, warm_starts, seeds, runs_dir, jobs, budget):
                 with open(os.path.join(out, "log.txt")) as f:
                     sys.exit(f"error: {job[0]} (warm start {job[1]}, seed {job[2]}) failed; the end of {out}/log.txt:\n"
                              + f.read()[-3000:])
-            if job[0] == "warm":
-                built.add(job[1])
-            bar.update(cost.get(job[0], 1))
-            bar.set_postfix(done=f"{job[0]} w{job[1]}" + (f" s{job[2]}" if job[2] is not None else ""))
+            with open(os.path.join(out, "done.json"), "w") as f:
+                json.dump(cmd[1:], f)
+            finish(job)
     bar.close()
     checks = {}
     for w in warm_starts:
@@ -132,101 +172,128 @@ def run_all(methods, warm_starts, seeds, runs_dir, jobs, budget):
     return checks, runs
 
 
-def load_run(out):
-    with open(os.path.join(out, "summary.json")) as f:
-        summary = json.load(f)
-    return summary, read_metrics(out)
+def done(out):
+    """The options a run in `out` finished with (run_all writes them last), or None."""
+    try:
+        with open(os.path.join(out, "done.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
-def run_record(w, s, out):
-    """One run's numbers: final accuracy, AUC, steps to target, credit against the ground truth,
-    cost. AUC is the trapezoid area under (step, held-out accuracy) over the run, divided by its
-    length: the accuracy averaged over training, which rewards learning early."""
-    summary, history = load_run(out)
+CREDIT_KEYS = [f"credit_{side}_{role}" for side in ("pos", "neg") for role in ROLE_NAMES] + [
+    "credit_pos_contested", "first_error_credit", "decisive_credit_share", "decisive_credit_share_uniform"]
+
+
+def run_record(w, s, history):
+    """One run's numbers from its per-step metrics: final accuracy, AUC, steps to target, credit
+    against the ground truth (step means), what it consumed, cost. AUC is the trapezoid area under
+    (step, held-out accuracy) divided by the run's length: the accuracy averaged over training,
+    which rewards learning early. steps_to_target counts a run that never got there as its length
+    (a restricted mean: dropping such runs would flatter an arm that often fails)."""
     evals = [(m["step"], m["eval_acc"]) for m in history if "eval_acc" in m]
     auc = sum((s1 - s0) * (a0 + a1) / 2 for (s0, a0), (s1, a1) in zip(evals, evals[1:])) / (evals[-1][0] - evals[0][0])
     target = evals[0][1] + TARGET_GAIN
     steps = [m for m in history if m["step"] > 0]
+    reached = next((st for st, a in evals if a >= target), None)
+
     def mean_of(key):
         values = [m[key] for m in steps if m.get(key) is not None]
         return statistics.mean(values) if values else None
     tags = [m["free_tag_entropy"] for m in steps if "free_tag_entropy" in m]
     return {"warm_start": w, "seed": s, "start_acc": evals[0][1], "final_acc": evals[-1][1], "auc": auc,
-            "steps_to_target": next((st for st, a in evals if a >= target), None),
-            **{key: mean_of(key) for key in ("decisive_credit_share", "decisive_credit_share_uniform")},
+            "steps_to_target": reached if reached is not None else evals[-1][0], "reached_target": reached is not None,
+            **{key: mean_of(key) for key in CREDIT_KEYS + ["zero_adv_groups"]},
             "free_tag_entropy_first": tags[0] if tags else None, "free_tag_entropy_last": tags[-1] if tags else None,
-            "gold_injections_per_step": mean_of("gold_injections"), "sec_per_step": summary["sec_per_step"],
-            "peak_mem_mb": summary["peak_mem_mb"], "dir": out}, history
+            "references": sum(m.get("gold_injections", 0) for m in steps),
+            "reference_tokens": sum(m.get("gold_tokens", 0) for m in steps),
+            "sampled_tokens": sum(m.get("sampled_tokens", 0) for m in steps),
+            "sec_per_step": statistics.mean(sum(m[p] for p in PHASES) for m in steps),
+            "peak_mem_mb": max(m["peak_mem_mb"] for m in steps)}
 
 
-def bootstrap_ci(by_warm_start, n=10000, seed=0):
-    """95% percentile interval of the mean of {warm start: [value per seed]}, resampling warm starts
-    with replacement and then seeds within each: both levels are random draws."""
-    rng = random.Random(seed)
-    groups = [v for v in by_warm_start.values() if v]
-    means = []
-    for _ in range(n):
-        picked = [rng.choice(g) for g in (rng.choice(groups) for _ in groups) for _ in g]
-        means.append(sum(picked) / len(picked))
-    means.sort()
-    return [means[int(0.025 * n)], means[int(0.975 * n) - 1]]
-
-
-def summarize_method(records, base_records):
-    """Means and intervals of one method's runs, and its paired differences to GRPO's."""
-    def grouped(values):
-        out = {}
-        for r, v in zip(records, values):
-            out.setdefault(r["warm_start"], []).append(v)
-        return out
-    base = {(r["warm_start"], r["seed"]): r for r in base_records}
-    out = {"runs": records}
-    for key in ("final_acc", "auc"):
-        values = [r[key] for r in records]
-        diffs = [r[key] - base[r["warm_start"], r["seed"]][key] for r in records]
-        out.update({key: statistics.mean(values), f"{key}_ci": bootstrap_ci(grouped(values)),
-                    f"{key}_diff_vs_grpo": statistics.mean(diffs), f"{key}_diff_vs_grpo_ci": bootstrap_ci(grouped(diffs))})
-    reached = [r["steps_to_target"] for r in records if r["steps_to_target"] is not None]
-    out.update({"steps_to_target": statistics.mean(reached) if reached else None, "reached_target": len(reached),
-                "sec_per_step": statistics.mean(r["sec_per_step"] for r in records),
-                "peak_mem_mb": max(r["peak_mem_mb"] for r in records)})
-    for key in ("decisive_credit_share", "decisive_credit_share_uniform", "free_tag_entropy_first", "free_tag_entropy_last",
-                "gold_injections_per_step"):
-        values = [r[key] for r in records if r[key] is not None]
-        out[key] = statistics.mean(values) if values else None
+def by_warm_start(records, values):
+    out = {}
+    for r, v in zip(records, values):
+        out.setdefault(r["warm_start"], []).append(v)
     return out
 
 
-def aggregate(runs):
-    """{method: summary} and {method: [histories]} from {method: [(warm start, seed, dir)]}."""
-    records = {m: [run_record(*r) for r in rs] for m, rs in runs.items()}
-    base = records.get("grpo") or next(iter(records.values()))
-    methods = {m: summarize_method([r for r, _ in rs], [r for r, _ in base]) for m, rs in records.items()}
-    grpo_sec = methods.get("grpo", {}).get("sec_per_step")
-    for m in methods.values():
-        m["vs_grpo"] = m["sec_per_step"] / grpo_sec if grpo_sec else None
-    return methods, {m: [h for _, h in rs] for m, rs in records.items()}
+def summarize_arm(records, base_records):
+    """One arm's means, t-intervals on warm-start means, and paired comparison to GRPO's runs."""
+    base = {(r["warm_start"], r["seed"]): r for r in base_records}
+    out = {"runs": records}
+    for key in ("auc", "final_acc"):
+        own = paired_stats.paired_comparison(by_warm_start(records, [r[key] for r in records]))
+        diff = paired_stats.paired_comparison(by_warm_start(
+            records, [r[key] - base[r["warm_start"], r["seed"]][key] for r in records]))
+        out.update({key: own["mean"], f"{key}_ci": own["ci"], f"{key}_diff_vs_grpo": diff["mean"],
+                    f"{key}_diff_vs_grpo_ci": diff["ci"]})
+        if key == "auc":
+            out.update(p_t=diff["p_t"], p_sign_flip=diff["p_sign_flip"], sd_w=diff["sd_w"],
+                       mde=paired_stats.mde(diff["sd_w"], diff["W"]))
+    def mean(key):
+        values = [r[key] for r in records if r[key] is not None]
+        return statistics.mean(values) if values else None
+    out["credit_by_role"] = {side: {role: mean(f"credit_{side}_{role}") for role in ROLE_NAMES} for side in ("pos", "neg")}
+    out["credit_by_role"]["pos"]["contested"] = mean("credit_pos_contested")
+    for key in ("first_error_credit", "decisive_credit_share", "decisive_credit_share_uniform", "free_tag_entropy_first",
+                "free_tag_entropy_last", "zero_adv_groups", "references", "reference_tokens", "sampled_tokens",
+                "sec_per_step", "steps_to_target"):
+        out[key] = mean(key)
+    out.update(reached_target=sum(r["reached_target"] for r in records), peak_mem_mb=max(r["peak_mem_mb"] for r in records))
+    return out
+
+
+def aggregate(histories):
+    """{arm: summary} from {arm: {(warm start, seed): per-step metrics}}; p_holm adjusts the arms'
+    sign-flip p-values (AUC against GRPO) for their number."""
+    records = {a: [run_record(w, s, h) for (w, s), h in sorted(hs.items())] for a, hs in histories.items()}
+    arms = {a: summarize_arm(rs, records["grpo"]) for a, rs in records.items()}
+    others = [a for a in arms if a != "grpo"]
+    adjusted = paired_stats.holm({a: arms[a]["p_sign_flip"] for a in others}) if others else {}
+    for a, m in arms.items():
+        m["p_holm"] = adjusted.get(a)
+        m["vs_grpo"] = m["sec_per_step"] / arms["grpo"]["sec_per_step"]
+    return arms
+
+
+def fmt(x, signed=False, digits=3):
+    return "—" if x is None else f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
 
 
 def interval(m, key, signed=False):
-    f = "{:+.3f}" if signed else "{:.3f}"
-    return f"{f.format(m[key])} [{f.format(m[key + '_ci'][0])}, {f.format(m[key + '_ci'][1])}]"
+    ci = m[key + "_ci"]
+    return fmt(m[key], signed) + (f" [{fmt(ci[0], signed)}, {fmt(ci[1], signed)}]" if ci else "")
 
 
-def table(methods, checks):
-    n = len(next(iter(methods.values()))["runs"])
-    rows = [f"| method | final acc [95% CI] | AUC [95% CI] | AUC − GRPO's, paired [95% CI] | final − GRPO's [95% CI] | "
-            f"steps to +{TARGET_GAIN} | decisive share of \\|Â\\| (uniform) | free-tag entropy first → last | s/step | "
-            "vs GRPO | peak MB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, m in methods.items():
-        share = (f"{m['decisive_credit_share']:.3f} ({m['decisive_credit_share_uniform']:.3f})"
-                 if m["decisive_credit_share"] is not None else "—")
-        tags = (f"{m['free_tag_entropy_first']:.2f} → {m['free_tag_entropy_last']:.2f}"
-                if m["free_tag_entropy_first"] is not None else "—")
-        reached = f"{m['steps_to_target']:.0f} ({m['reached_target']}/{n} runs)" if m["steps_to_target"] else f"— (0/{n})"
-        rows.append(f"| {name} | {interval(m, 'final_acc')} | {interval(m, 'auc')} | {interval(m, 'auc_diff_vs_grpo', True)} | "
-                    f"{interval(m, 'final_acc_diff_vs_grpo', True)} | {reached} | {share} | {tags} | "
-                    f"{m['sec_per_step']:.3f} | {m['vs_grpo']:.2f}x | {m['peak_mem_mb']:.0f} |")
+def table(arms, checks):
+    n = len(next(iter(arms.values()))["runs"])
+    rows = [f"| arm | AUC [95% t] | AUC − GRPO's, paired [95% t] | p sign-flip (Holm) | MDE | final acc [95% t] | "
+            f"steps to +{TARGET_GAIN} | references (tokens) per run | s/step | vs GRPO | peak MB |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, m in arms.items():
+        p = "—" if name == "grpo" else f"{m['p_sign_flip']:.3f} ({m['p_holm']:.3f})"
+        refs = f"{m['references']:.0f} ({m['reference_tokens']:.0f})" if m["references"] else "0"
+        rows.append(f"| {name} | {interval(m, 'auc')} | {interval(m, 'auc_diff_vs_grpo', True)} | {p} | "
+                    f"{'—' if name == 'grpo' else fmt(m['mde'])} | {interval(m, 'final_acc')} | "
+                    f"{m['steps_to_target']:.1f} ({m['reached_target']}/{n} reached) | {refs} | {m['sec_per_step']:.3f} | "
+                    f"{m['vs_grpo']:.2f}x | {m['peak_mem_mb']:.0f} |")
+    rows += ["", "Token credit against the ground truth: the mean multiplier Â/A on each role's tokens (GRPO: 1), for "
+             "A > 0 and A < 0 responses; the first wrong token's Â/|A| (GRPO: −1); Monte-Carlo agreement at the warm "
+             "start and at the end (correlation of Â with Q − V, sign agreement on decided tokens).", "",
+             "| arm | A>0 decisive | A>0 contested | A>0 copied | A>0 free | A>0 structure | A<0 decisive | A<0 copied | "
+             "A<0 free | A<0 structure | first wrong token | MC corr (start → end) | MC sign (start → end) | "
+             "decisive share (uniform) | free-tag entropy first → last |", "|" + "---|" * 15]
+    for name, m in arms.items():
+        pos, neg, mc = m["credit_by_role"]["pos"], m["credit_by_role"]["neg"], m.get("mc_agreement") or {}
+        corr = " → ".join(fmt((mc.get(k) or {}).get("corr"), True, 2) for k in ("start", "end"))
+        sign = " → ".join(fmt((mc.get(k) or {}).get("sign_agreement"), False, 2) for k in ("start", "end"))
+        rows.append(f"| {name} | " + " | ".join(fmt(pos[r], False, 2) for r in ("decisive", "contested", "copied", "free", "structure"))
+                    + " | " + " | ".join(fmt(neg[r], False, 2) for r in ("decisive", "copied", "free", "structure"))
+                    + f" | {fmt(m['first_error_credit'], True, 2)} | {corr} | {sign} | "
+                    f"{fmt(m['decisive_credit_share'])} ({fmt(m['decisive_credit_share_uniform'])}) | "
+                    f"{fmt(m['free_tag_entropy_first'], False, 2)} → {fmt(m['free_tag_entropy_last'], False, 2)} |")
     rows += ["", "| warm start | held-out acc | CEPO hint (nats) | GCPO wrong-answer x⁻ (nats) | GCPO empty x⁻ (nats) | "
              "failed checks |", "|---|---|---|---|---|---|"]
     for c in checks.values():
@@ -236,41 +303,134 @@ def table(methods, checks):
     return "\n".join(rows) + "\n"
 
 
-def verdict(methods):
+def design(arms):
+    """What this design can detect: warm starts, seeds, the median MDE over the arms, and the warm
+    starts an MDE of 0.05 and of 0.03 would take at the median sd of warm-start means."""
+    runs = arms["grpo"]["runs"]
+    W, S = len({r["warm_start"] for r in runs}), len(runs) // max(1, len({r["warm_start"] for r in runs}))
+    sds = [m["sd_w"] for a, m in arms.items() if a != "grpo" and m["sd_w"]]
+    sd = statistics.median(sds) if sds else None
+    mdes = [m["mde"] for a, m in arms.items() if a != "grpo" and m["mde"] is not None]
+    return {"warm_starts": W, "seeds_per_warm_start": S, "median_sd_of_warm_start_means": sd,
+            "median_mde": statistics.median(mdes) if mdes else None,
+            "smallest_p_sign_flip": 2 / 2 ** W, "arms_compared": len(arms) - 1,
+            **{f"warm_starts_for_mde_{t}": paired_stats.warm_starts_for(t, sd) if sd else None for t in (0.05, 0.03)}}
+
+
+def verdict(arms):
+    """One line per arm: separated from GRPO (Holm-adjusted sign-flip p < 0.05) or not, with the
+    MDE beside every 'not separated'."""
     lines = []
-    for name, m in methods.items():
+    for name, m in arms.items():
         if name == "grpo":
             continue
-        lo, hi = m["auc_diff_vs_grpo_ci"]
-        word = "beats GRPO" if lo > 0 else "is worse than GRPO" if hi < 0 else "is not separated from GRPO"
-        lines.append(f"- {name} {word}: AUC difference {interval(m, 'auc_diff_vs_grpo', True)}")
+        diff = interval(m, "auc_diff_vs_grpo", True)
+        if m["p_holm"] is not None and m["p_holm"] < 0.05:
+            word = "beats GRPO" if m["auc_diff_vs_grpo"] > 0 else "is worse than GRPO"
+            lines.append(f"- {name} {word}: AUC difference {diff}, p = {m['p_holm']:.3f} (Holm)")
+        else:
+            lines.append(f"- {name} is not separated from GRPO: AUC difference {diff}, p = {m['p_holm']:.3f} (Holm); " + (
+                f"this design detects {fmt(m['mde'])} or more 80% of the time" if m["mde"] is not None else
+                "what this design could detect is unknown (fewer than 2 warm starts, or every difference equal)"))
     return "\n".join(lines) + "\n"
 
 
-def task_summary(budget, seeds, checks, methods):
-    """One task's entry of results/summary.json."""
-    return {"budget": budget, "seeds": seeds, "target_gain": TARGET_GAIN, "check_thresholds": CHECKS,
-            "warm_starts": list(checks.values()), "methods": methods}
+def informative_batch(model, tokenizer, train_rows, cfg, device, tries=20):
+    """A rolled-out batch of the first training prompts with some response of A != 0 (the next
+    prompts are tried when a batch has none), sampled with seed 0: the same for every caller."""
+    torch.manual_seed(0)
+    for k in range(tries):
+        rows = train_rows[k * cfg.prompts_per_step:(k + 1) * cfg.prompts_per_step]
+        batch, _, _ = gb.rollout(model, tokenizer, rows, [prompt_ids(tokenizer, r["question"]) for r in rows], cfg, device, None)
+        if (batch.advantages != 0).any():
+            break
+    return batch
+
+
+def mc_agreement(arms, runs, budget, warm_start_seed, sample, device):
+    """Each arm's token credit against the Monte-Carlo token advantage Q(s_t, y_t) - V(s_t), on a
+    fixed sample: at the warm start (one batch, every arm's credit on it) and at the end (each arm's
+    own final model of its first run, a batch it samples, its credit). `sample` = (responses with
+    A != 0, continuations per prefix). Returns {arm: {"start": agreement, "end": agreement}}."""
+    responses, continuations = sample
+    cfg = gb.GRPOConfig(**budget, warm_start_seed=warm_start_seed)
+    train_rows, eval_rows = gb.load_task(cfg)
+    reward = gb.task_reward(cfg)
+    base_path = warm_start(cfg, train_rows, eval_rows, device)
+
+    def judge(model, tokenizer, names):
+        batch = informative_batch(model, tokenizer, train_rows, cfg, device)
+        pick = (batch.advantages != 0).nonzero().squeeze(1)[:responses]
+        values = mc_advantage.prefix_values(model, tokenizer, [batch.prompts[i] for i in pick.tolist()],
+                                            batch.completion_ids[pick], batch.completion_mask[pick],
+                                            [batch.rows[i] for i in pick.tolist()], lambda t, r: reward(t, r)[0], cfg,
+                                            device, continuations=continuations)
+        mc = mc_advantage.mc_token_advantages(values, batch.completion_mask[pick])
+        errors = mc_advantage.mc_standard_errors(values, batch.completion_mask[pick], continuations)
+        out = {}
+        for name in names:
+            batch.notes, batch.old_logp = None, None
+            token_adv, _ = ARMS[name][2]["credit"](batch, model, tokenizer, method_config(name, **budget), 1)
+            out[name] = mc_advantage.agreement(token_adv[pick], mc, batch.completion_mask[pick], errors)
+        return out
+    start = judge(*load_policy(base_path, cfg, device), list(arms))
+    end = {}
+    for name in arms:
+        w, s, out = next(r for r in runs[name] if r[0] == warm_start_seed)
+        end.update(judge(*load_policy(os.path.join(out, "final"), cfg, device), [name]))
+    return {name: {"start": start[name], "end": end[name]} for name in arms}
 
 
 def credit_pictures(path, cfg, device):
-    """One rolled-out batch of the first warm start, its token credit under GRPO, GCPO and CEPO side
-    by side (CEPO at step 1, λ = λ0), so a reader sees which tokens each method calls decisive.
-    Writes path.html and path.png."""
+    """One rolled-out batch of the first warm start, its token credit under GRPO, GCPO, CEPO and
+    the oracle side by side (CEPO at step 1, λ = λ0), so a reader sees which tokens each calls
+    decisive. Writes path.html and path.png."""
     train_rows, eval_rows = gb.load_task(cfg)
     model, tokenizer = load_policy(warm_start(cfg, train_rows, eval_rows, device), cfg, device)
-    torch.manual_seed(0)
-    rows = train_rows[:cfg.prompts_per_step]
-    batch, _, _ = gb.rollout(model, tokenizer, rows, [prompt_ids(tokenizer, r["question"]) for r in rows], cfg,
-                             device, None)
+    batch = informative_batch(model, tokenizer, train_rows, cfg, device)
     columns = {}
-    for name, credit, method_cfg in (("GRPO (uniform)", gb.grpo_credit, cfg), ("GCPO", gcpo.gcpo_credit, gcpo.GCPOConfig(**vars(cfg))),
-                                     ("CEPO", cepo.cepo_credit, cepo.CEPOConfig(**vars(cfg)))):
+    for name, arm in (("GRPO (uniform)", "grpo"), ("GCPO", "gcpo"), ("CEPO", "cepo"), ("oracle", "oracle")):
         batch.notes = None
-        token_adv, _ = credit(batch, model, tokenizer, method_cfg, 1)
+        token_adv, _ = ARMS[arm][2]["credit"](batch, model, tokenizer, method_config(arm, **vars(cfg)), 1)
         columns[name] = credit_examples(batch, token_adv, tokenizer, k=8)
     render_credit_html(path + ".html", columns)
     render_credit_png(path + ".png", {name: examples[:6] for name, examples in columns.items()})
+
+
+def write_metrics(path, histories):
+    """Every run's per-step metrics in one gzipped JSON-lines file: each line one step of one run,
+    with its arm, warm start and seed (what --recompute reads back)."""
+    with gzip.open(path, "wt") as f:
+        for arm, hs in histories.items():
+            for (w, s), history in sorted(hs.items()):
+                for m in history:
+                    f.write(json.dumps({"arm": arm, "warm_start": w, "seed": s, **m}) + "\n")
+
+
+def read_metrics_file(path):
+    """write_metrics' file back as {arm: {(warm start, seed): per-step metrics}}."""
+    histories = {}
+    with gzip.open(path, "rt") as f:
+        for line in f:
+            m = json.loads(line)
+            arm, w, s = m.pop("arm"), m.pop("warm_start"), m.pop("seed")
+            histories.setdefault(arm, {}).setdefault((w, s), []).append(m)
+    return histories
+
+
+def report(results_dir, arms, checks, budget, seeds, mc, minutes, note=""):
+    """results_dir/summary.md and summary.json from the aggregated arms."""
+    for name, m in arms.items():
+        m["mc_agreement"] = mc.get(name)
+    text = note + table(arms, checks) + "\n" + verdict(arms)
+    with open(os.path.join(results_dir, "summary.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(results_dir, "summary.json"), "w") as f:
+        json.dump({"tasks": {"chain": {"budget": budget, "seeds": seeds, "target_gain": TARGET_GAIN, "check_thresholds": CHECKS,
+                                       "interval": "t on warm-start means", "design": design(arms),
+                                       "warm_starts": list(checks.values()), "methods": arms}},
+                   "wall_minutes": minutes}, f, indent=1)
+    return text
 
 
 @contextlib.contextmanager
@@ -330,16 +490,33 @@ def bench(steps=6):
     bench_trl.main()
 
 
+def preamble(preset, arms, budget):
+    """What a reader must know before the table: the design, and what it can and cannot separate."""
+    d = design(arms)
+    floor = d["smallest_p_sign_flip"] * d["arms_compared"]
+    text = (f"{d['warm_starts']} warm starts x {d['seeds_per_warm_start']} RL seed(s) x {len(arms)} arms; budget {budget}. "
+            f"Primary metric: AUC. Intervals: 95% t on warm-start means (df = {d['warm_starts'] - 1}). "
+            f"The smallest sign-flip p with {d['warm_starts']} warm starts is {d['smallest_p_sign_flip']:.4f}")
+    if floor > 0.05:
+        text += (f", {floor:.3f} after Holm over {d['arms_compared']} arms: this design cannot separate any arm from GRPO, "
+                 "whatever the data; it shows the effects and their intervals, and `--full` decides.")
+    text += "\n\n"
+    if preset == "quick":
+        text = "Smoke run (--quick): the pipeline works; these are not results. " + text
+    return text
+
+
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--task", default="chain", choices=("chain", "sum"), help="the embedded task to compare on")
-    parser.add_argument("--warm_starts", type=int, nargs="+", default=[0, 1, 2], help="warm-start seeds")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="RL seeds, each run from every warm start")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    parser.add_argument("--full", action="store_true", help="16 warm starts x 2 seeds x every arm, into results/full/ (hours)")
+    parser.add_argument("--quick", action="store_true", help="2 warm starts x 1 seed x every arm on a tiny budget, into results/quick/")
+    parser.add_argument("--warm_starts", type=int, nargs="+", help="warm-start seeds (default: the preset's)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="RL seeds, each run from every warm start (default: the preset's)")
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), help="arms to run (default: the preset's; grpo is required)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at once, one thread each")
-    parser.add_argument("--quick", action="store_true", help=f"2 warm starts x 1 seed on a small budget {QUICK}")
-    parser.add_argument("--runs_dir", default="runs")
-    parser.add_argument("--results_dir", default="results")
+    parser.add_argument("--runs_dir", default="runs", help="where each run's checkpoints and metrics go")
+    parser.add_argument("--results_dir", default="results", help="where the summary goes (a preset adds its folder)")
+    parser.add_argument("--recompute", metavar="DIR", help="rewrite DIR's summary from its committed metrics.jsonl.gz")
     parser.add_argument("--bench", action="store_true", help="time each method's phases instead")
     parser.add_argument("--check_warm_start", action="store_true", help=argparse.SUPPRESS)  # run_all's warm-start jobs
     args, rest = parser.parse_known_args()
@@ -348,42 +525,64 @@ def main():
         return check_warm_start(cfg, cfg.output_dir)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.full and args.quick:
+        parser.error("--full and --quick: choose one preset")
     if args.jobs < 1:
         parser.error(f"--jobs {args.jobs}: must be >= 1")
-    if "grpo" not in args.methods:
-        parser.error("--methods must include grpo: every method is reported against it")
-    for flag in ("warm_starts", "seeds", "methods"):
-        values = getattr(args, flag)
-        if len(set(values)) < len(values):
-            parser.error(f"--{flag} {' '.join(map(str, values))}: a value is repeated (two runs would share one directory)")
     if args.bench:
         return bench()
-    defaults = gb.GRPOConfig()
-    budget = {k: getattr(defaults, k) for k in ("warm_start_steps", "max_steps", "eval_steps", "eval_size")}
-    if args.quick:
-        budget.update(QUICK)
-        args.warm_starts, args.seeds = args.warm_starts[:2], args.seeds[:1]
-        args.runs_dir, args.results_dir = args.runs_dir + "/quick", args.results_dir + "/quick"
-    budget["task"] = args.task
+    if args.recompute:
+        return recompute(args.recompute, parser)
+    preset = "full" if args.full else "quick" if args.quick else "default"
+    warm_starts, seeds, arms, overrides, folder = PRESETS[preset]
+    warm_starts, seeds, arms = list(args.warm_starts or warm_starts), list(args.seeds or seeds), list(args.arms or arms)
+    if "grpo" not in arms:
+        parser.error("--arms must include grpo: every arm is reported against it")
+    for flag, values in (("warm_starts", warm_starts), ("seeds", seeds), ("arms", arms)):
+        if len(set(values)) < len(values):
+            parser.error(f"--{flag} {' '.join(map(str, values))}: a value is repeated (two runs would share one directory)")
+    if min(warm_starts + seeds) < 0 or max(seeds) >= AA_SEED_OFFSET:
+        parser.error(f"--warm_starts and --seeds must be >= 0, and seeds < {AA_SEED_OFFSET} (aa samples with seed + {AA_SEED_OFFSET})")
+    budget = {**BUDGET, **overrides}
+    # the default's runs are --full's first ones (same budget, seeds and warm starts): one folder, reused
+    runs_dir = os.path.join(args.runs_dir, "chain", "quick" if preset == "quick" else "")
+    results_dir = os.path.join(args.results_dir, folder)
     start = time.time()
-    runs_dir = os.path.join(args.runs_dir, args.task)
-    checks, runs = run_all(args.methods, args.warm_starts, args.seeds, runs_dir, args.jobs, budget)
-    methods, histories = aggregate(runs)
-    os.makedirs(args.results_dir, exist_ok=True)
-    credit_pictures(os.path.join(args.results_dir, "credit_embedded"),
-                    gb.GRPOConfig(**budget, warm_start_seed=args.warm_starts[0]), torch.device("cpu"))
-    plot_curves(histories, os.path.join(args.results_dir, "curves.png"))
+    checks, runs = run_all(arms, warm_starts, seeds, runs_dir, args.jobs, budget)
+    histories = {a: {(w, s): read_metrics(out) for w, s, out in rs} for a, rs in runs.items()}
+    summary = aggregate(histories)
+    device = torch.device("cpu")
+    print("Monte-Carlo agreement (a fixed sample at the warm start and at each arm's end)...", flush=True)
+    mc = mc_agreement(arms, runs, budget, warm_starts[0], MC_SAMPLE[preset], device)
+    os.makedirs(results_dir, exist_ok=True)
+    credit_pictures(os.path.join(results_dir, "credit_embedded"), gb.GRPOConfig(**budget, warm_start_seed=warm_starts[0]), device)
+    plot_curves({a: list(hs.values()) for a, hs in histories.items()}, os.path.join(results_dir, "curves.png"))
+    write_metrics(os.path.join(results_dir, "metrics.jsonl.gz"), histories)
     minutes = (time.time() - start) / 60
-    text = table(methods, checks) + "\n" + verdict(methods)
-    if args.quick:
-        text = f"Smoke run (--quick: {QUICK}, 2 warm starts x 1 seed): the pipeline works; these are not results.\n\n" + text
-    with open(os.path.join(args.results_dir, "summary.md"), "w") as f:
-        f.write(text)
-    with open(os.path.join(args.results_dir, "summary.json"), "w") as f:
-        json.dump({"tasks": {args.task: task_summary(budget, args.seeds, checks, methods)}, "wall_minutes": minutes},
-                  f, indent=1)
-    print(text + f"\n{len(args.warm_starts)} warm starts and {sum(map(len, runs.values()))} runs in {minutes:.1f} min; "
-          f"results in {args.results_dir}/")
+    text = report(results_dir, summary, checks, budget, seeds, mc, minutes, preamble(preset, summary, budget))
+    print(text + f"\n{len(warm_starts)} warm starts and {sum(map(len, runs.values()))} runs in {minutes:.1f} min; "
+          f"results in {results_dir}/")
+
+
+def recompute(results_dir, parser):
+    """Every number of results_dir's summary again from its metrics.jsonl.gz; what needs the models
+    (the warm-start checks, the Monte-Carlo agreement) and the wall time are read from its summary.json."""
+    try:
+        histories = read_metrics_file(os.path.join(results_dir, "metrics.jsonl.gz"))
+        with open(os.path.join(results_dir, "summary.json")) as f:
+            old = json.load(f)
+        task = old["tasks"]["chain"]
+    except (OSError, ValueError, KeyError) as e:
+        parser.error(f"--recompute {results_dir}: needs the metrics.jsonl.gz and summary.json a benchmark run wrote there ({e})")
+    if "grpo" not in histories:
+        parser.error(f"--recompute {results_dir}: metrics.jsonl.gz has no grpo runs to compare against")
+    summary = aggregate(histories)
+    mc = {a: m.get("mc_agreement") for a, m in task["methods"].items()}
+    folder = os.path.basename(os.path.normpath(results_dir))
+    preset = folder if folder in ("full", "quick") else "default"
+    text = report(results_dir, summary, {c["seed"]: c for c in task["warm_starts"]}, task["budget"], task["seeds"], mc,
+                  old["wall_minutes"], preamble(preset, summary, task["budget"]))
+    print(text)
 
 
 if __name__ == "__main__":

@@ -126,6 +126,12 @@ def check_answer(response, answer):
     return float(equal), timed_out
 
 
+def answer_reward(response, row):
+    """(reward, timed_out) of a response to a dataset row: its final answer against the row's
+    (check_answer). The embedded tasks check the whole worked chain instead (embedded_task.chain_reward)."""
+    return check_answer(response, row["answer"])
+
+
 def reward_fn(response, answer):
     """Verifiable reward: 1 if the response's final answer equals the reference, else 0."""
     return check_answer(response, answer)[0]
@@ -338,8 +344,8 @@ def resolve_instruction(cfg):
 
 
 @torch.no_grad()
-def evaluate(model, tokenizer, rows, cfg, device, instruction):
-    """Greedy held-out accuracy."""
+def evaluate(model, tokenizer, rows, cfg, device, instruction, reward):
+    """Greedy held-out accuracy under reward(response, row) -> (reward, timed_out)."""
     prompts = [prompt_ids(tokenizer, r["question"], instruction) for r in rows]
     _, _, texts = generate(model, tokenizer, prompts, cfg, device, greedy=True)
-    return sum(reward_fn(t, r["answer"]) for t, r in zip(texts, rows)) / len(rows)
+    return sum(reward(t, r)[0] for t, r in zip(texts, rows)) / len(rows)

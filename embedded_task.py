@@ -4,9 +4,12 @@ from scratch, so that every method runs in minutes on a CPU with no model hub.
 - `chain` (--task chain, the default and the benchmark's): add 4 digits, a running sum per line,
   and every line opens with a two-letter tag the reward ignores, free in the corpus (uniform over
   FREE_LETTERS); 70% of the addition facts are confusable (confusable_slip), so the warm start
-  starts at 0.4-0.5. A response has tokens of every kind, and the task knows which is which
-  (token_roles): decisive (the computed sums and the final answer: where the corpus's slips
-  happen and the reward is decided), free (the tags), copied (operands, carried totals), structure.
+  starts at 0.4-0.5. The reward (chain_reward) is 1 only for the whole worked chain, so a right
+  answer reached through a wrong step earns 0. Every token has a role, defined by intervention
+  (token_roles): free (the tags: changed alone, the reward never changes), decisive (the sums the
+  model computes: its choices, where the corpus's slips are), copied (operands, carried totals,
+  the final answer) and structure; a decisive, copied or structure token changed alone always
+  loses the reward. Each failed response's first wrong token (first_error) is where it was lost.
 - `sum` (--task sum): the same without tags, 40% confusable facts (warm start about 0.65).
   Shorter and easier: for tests and quick runs.
 
@@ -67,55 +70,172 @@ def running_sum_solution(nums, slip=None, tag=None):
     return "\n".join(lines) + f"\n#### {total}"
 
 
-_STEP = re.compile(r"([a-z]*)( ?)(\d+)(\+)(\d+)(=)(\d+)")
+def chain_lines(question):
+    """The worked chain of a question '3+5+8', without tags: ['3+5=8', '8+8=16', '#### 16']."""
+    nums = [int(n) for n in question.split("+")]
+    lines, total = [], nums[0]
+    for n in nums[1:]:
+        lines.append(f"{total}+{n}={total + n}")
+        total += n
+    return lines + [f"#### {total}"]
+
+
+TAG = re.compile(r"[a-z]{2} ")  # a step line may open with one: any two letters, never checked
+
+
+def chain_reward(response, row):
+    """(reward, timed_out), the embedded tasks' reward: 1 only for the question's whole worked
+    chain, each step line optionally opening with a tag (TAG). A right final answer reached through
+    a wrong step earns 0, so no reward-1 response holds a wrong step (no compensating slips)."""
+    *steps, final = chain_lines(row["question"])
+    pattern = "\n".join([f"(?:{TAG.pattern})?{re.escape(line)}" for line in steps] + [re.escape(final)])
+    return float(re.fullmatch(pattern, response) is not None), False
+
+
+END = "\x00"  # a response's stop token, in the strings below (the tokenizer is one character per token)
+
+
+def first_error(tokens, row):
+    """Index of a failed response's first wrong token: the earliest after which no continuation
+    earns the reward (everything before it is a prefix of the worked chain, so the reward was
+    decided there). tokens: the response one character per token, its stop token as END. None when
+    the response earns 1, or stops (truncated) before going wrong."""
+    *steps, final = chain_lines(row["question"])
+    expected = "".join(f"\t{line}\n" for line in steps) + final + END  # \t: where a tag may stand
+    p = 0
+    for want in expected:
+        if want == "\t":  # a tag: two letters and a space, or nothing
+            if p < len(tokens) and tokens[p].islower():
+                for k, ok in enumerate((str.islower, str.islower, " ".__eq__)):
+                    if p + k >= len(tokens):
+                        return None
+                    if not ok(tokens[p + k]):
+                        return p + k
+                p += 3
+            continue
+        if p >= len(tokens):
+            return None
+        if tokens[p] != want:
+            return p
+        p += 1
+    return None
+
+
+_STEP = re.compile(r"(?:([a-z]{2})( ))?(\d+)(\+)(\d+)(=)(\d+)")
 _FINAL = re.compile(r"(#### )(\d+)")
-_ROLES = {_STEP: "fscscsd", _FINAL: "sd"}  # per regex group: free, structure, copied, decisive
+_ROLES = {_STEP: "fscscsd", _FINAL: "sc"}  # per regex group: free, structure, copied, decisive
 
 
 def token_roles(text):
-    """One role letter per character of a response: 'd' decisive (computed sums, the final
-    answer), 'f' free (tags), 'c' copied (operands, carried totals), 's' structure (the rest,
-    and anything that does not parse)."""
+    """One role letter per character of a response, what the token does: 'd' decisive (the sums
+    the model computes), 'c' copied (operands, carried totals, the final answer: each repeats a
+    number already written), 'f' free (tags: the reward never reads them), 's' structure (the
+    format, and anything that does not parse). Tested by intervention (tests/test_embedded_task.py):
+    in a reward-1 response, a free letter changed to any other letter never changes the reward; any
+    other character changed to anything else sets it to 0 (the reward checks the whole chain)."""
     roles = ["s"] * len(text)
     start = 0
     for line in text.split("\n"):
         m = _STEP.fullmatch(line) or _FINAL.fullmatch(line)
         for g, role in enumerate(_ROLES[m.re] if m else "", 1):
-            roles[start + m.start(g):start + m.end(g)] = role * (m.end(g) - m.start(g))
+            if m.start(g) >= 0:
+                roles[start + m.start(g):start + m.end(g)] = role * (m.end(g) - m.start(g))
         start += len(line) + 1
     return "".join(roles)
 
 
-def credit_ground_truth(completion_ids, mask, advantages, token_adv, entropy, tokenizer):
-    """Credit against the task's ground truth, over the responses with A != 0: the share of |Â| on
-    decisive tokens, and the share GRPO's uniform credit (|A_i| on every token) would give them;
-    and the policy's entropy on the free tags (does credit collapse choices that do not matter?).
-    completion_ids, mask, token_adv, entropy (N, L); advantages (N,)."""
-    roles = torch.zeros_like(mask, dtype=torch.long)  # 0 structure, 1 decisive, 2 free, 3 copied
-    for i, ids in enumerate(completion_ids.tolist()):
-        text = "".join(t if len(t) == 1 else "\n" for t in tokenizer.convert_ids_to_tokens(ids))  # 1:1, EOS ends a line
-        roles[i] = torch.tensor(["sdfc".index(r) for r in token_roles(text)])
+def contested(text, share):
+    """Indices of the decisive digits a warm-started policy can get wrong: in each step line, the
+    digits of the sum that the corpus's slip for that fact (slip_of) writes differently. The other
+    decisive digits are facts the corpus never gets wrong, or digits both answers share."""
+    out, start = [], 0
+    for line in text.split("\n"):
+        m = _STEP.fullmatch(line)
+        if m:
+            total, n = int(m.group(3)), int(m.group(5))
+            right, slip = str(total + n), slip_of(total, n, share)
+            if slip and m.group(7) == right:
+                wrong = str(total + n + slip)
+                out += [start + m.start(7) + k for k in range(len(right))
+                        if len(wrong) != len(right) or wrong[k] != right[k]]
+        start += len(line) + 1
+    return out
+
+
+ROLES = "sdfc"  # role codes in the tensors below: structure, decisive, free, copied
+ROLE_NAMES = ("structure", "decisive", "free", "copied")
+
+
+def ground_truth(completion_ids, mask, rows, tokenizer, share):
+    """The task's labels for a batch of responses: (roles (N, L) long, codes into ROLES;
+    first_wrong (N, L) bool, each failed response's first wrong token (first_error); contested
+    (N, L) bool (contested)). completion_ids, mask (N, L); rows (N,) task rows."""
+    roles = torch.zeros_like(completion_ids)
+    first_wrong, disputed = torch.zeros_like(mask, dtype=torch.bool), torch.zeros_like(mask, dtype=torch.bool)
+    for i, (ids, n) in enumerate(zip(completion_ids.tolist(), mask.sum(1).long().tolist())):
+        tokens = [t if len(t) == 1 else END for t in tokenizer.convert_ids_to_tokens(ids[:n])]  # one character each
+        text = "".join(tokens).replace(END, "\n")
+        roles[i, :n] = torch.tensor([ROLES.index(r) for r in token_roles(text)])
+        wrong = first_error(tokens, rows[i])
+        if wrong is not None:
+            first_wrong[i, wrong] = True
+        disputed[i, contested(text, share)] = True
+    return roles, first_wrong, disputed
+
+
+def credit_ground_truth(labels, advantages, token_adv, mask, entropy):
+    """Token credit against the ground truth, over the responses with A != 0:
+    - credit_{pos,neg}_{role}: the mean multiplier Â_t / A_i on each role's tokens, for A > 0 and
+      A < 0 responses apart (GRPO's is 1 everywhere), and credit_pos_contested on the contested digits;
+    - first_error_credit: the mean Â_t / |A_i| on failed responses' first wrong tokens (GRPO's -1:
+      more negative pushes the mistake down harder; the oracle's is -(response length));
+    - decisive_credit_share: the old share of |Â| on decisive tokens, beside the share uniform credit
+      gives them (equal for GRPO by construction, and blind to sign; kept for comparison);
+    - free_tag_entropy: the policy's entropy on the tags (does credit collapse choices that do not matter?).
+    labels: ground_truth's; advantages (N,); token_adv, mask, entropy (N, L)."""
+    roles, first_wrong, disputed = labels
     valid = (mask > 0) & (advantages != 0)[:, None]
-    decisive, free = valid & (roles == 1), (mask > 0) & (roles == 2)
-    uniform = advantages.abs()[:, None].expand_as(mask)
-    out = {"free_tag_entropy": entropy[free].mean().item()} if free.any() else {}
+    multiplier = token_adv / torch.where(advantages == 0, 1.0, advantages)[:, None]
+    out = {}
+    for sign, side in (("pos", advantages > 0), ("neg", advantages < 0)):
+        for code, name in zip(ROLES, ROLE_NAMES):
+            on = valid & side[:, None] & (roles == ROLES.index(code))
+            if on.any():
+                out[f"credit_{sign}_{name}"] = multiplier[on].mean().item()
+    on = valid & (advantages > 0)[:, None] & disputed
+    if on.any():
+        out["credit_pos_contested"] = multiplier[on].mean().item()
+    on = valid & first_wrong
+    if on.any():
+        out["first_error_credit"] = (token_adv / advantages.abs().clamp(min=1e-12)[:, None])[on].mean().item()
+    decisive, free = valid & (roles == ROLES.index("d")), (mask > 0) & (roles == ROLES.index("f"))
     if valid.any():
+        uniform = advantages.abs()[:, None].expand_as(mask)
         out.update(decisive_credit_share=(token_adv.abs()[decisive].sum() / token_adv.abs()[valid].sum()).item(),
                    decisive_credit_share_uniform=(uniform[decisive].sum() / uniform[valid].sum()).item())
+    if free.any():
+        out["free_tag_entropy"] = entropy[free].mean().item()
     return out
 
 
 CONFUSABLE_SHARE = {"sum": 0.4, "chain": 0.7}  # of the addition facts, written wrong half of the time in the corpus
 
 
+def slip_of(total, n, share):
+    """The corpus's mistake on the fact 'total+n': a fixed -1 or +1 for a `share` of the facts
+    (confusable ones), 0 for the others. A pure function of the fact, the same in every warm start."""
+    fact = random.Random(f"{total}+{n}")
+    return fact.choice([-1, 1]) if fact.random() < share else 0
+
+
 def confusable_slip(rng, share):
-    """The warm start's imperfect knowledge: a fixed share of the facts 'total+n' (CONFUSABLE_SHARE)
-    are written off by a fixed ±1 in half of the corpus's solutions. A model trained on it to convergence has seen
-    both answers of those facts and is unsure between them, so it is partially competent, for a
-    reason RL can fix: it samples both, and the reward tells them apart."""
+    """The warm start's imperfect knowledge: the confusable facts (slip_of) are written wrong in half
+    of the corpus's solutions. A model trained on it to convergence has seen both answers of those
+    facts and is unsure between them, so it is partially competent, for a reason RL can fix: it
+    samples both, and the reward tells them apart."""
     def slip(k, total, n):
-        fact = random.Random(f"{total}+{n}")
-        return fact.choice([-1, 1]) if fact.random() < share and rng.random() < 0.5 else 0
+        delta = slip_of(total, n, share)
+        return delta if delta and rng.random() < 0.5 else 0
     return slip
 
 
@@ -221,7 +341,7 @@ def warm_start(cfg, train_rows, eval_rows, device):
     tmp = f"{path}.tmp{os.getpid()}"
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    acc = evaluate(model, tokenizer, eval_rows, cfg, device, instruction="")
+    acc = evaluate(model, tokenizer, eval_rows, cfg, device, "", chain_reward)
     with open(os.path.join(tmp, "warm_start.json"), "w") as f:
         json.dump({"spec": {k: v for k, v in spec.items() if k != "vocab"}, "eval_acc": acc,
                    "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:]))}, f, indent=1)

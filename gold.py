@@ -120,7 +120,7 @@ def inject_reference_solutions(rows, completion_ids, mask, texts, rewards, token
         completion_ids[i, :len(ids)], mask[i, :len(ids)] = ids, 1.0
         texts[i] = tokenizer.decode(ids, skip_special_tokens=True)
     all_wrong = rewards.view(-1, G).max(1).values.cpu() <= 0
-    stats = {"gold_injections": len(gold_rows), "all_wrong_groups": int(all_wrong.sum()),
+    stats = {"gold_injections": len(gold_rows), "gold_tokens": int(mask[gold_rows].sum()), "all_wrong_groups": int(all_wrong.sum()),
              **{f"gold_skipped_{why}": sum(1 for (ids, w), aw in zip(refs, all_wrong) if aw and w == why)
                 for why in ("no_reference", "unparsable_reference", "too_long")}}
     return completion_ids, mask, texts, new_rewards, ~is_gold, stats

@@ -32,8 +32,8 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import open_run, restore, save_checkpoint
-from data import check_answer, encode_prompts, evaluate, load_rows, resolve_instruction
-from embedded_task import credit_ground_truth, make_arithmetic_task, warm_start
+from data import answer_reward, encode_prompts, evaluate, load_rows, resolve_instruction
+from embedded_task import CONFUSABLE_SHARE, chain_reward, credit_ground_truth, ground_truth, make_arithmetic_task, warm_start
 from language_model import check_context, completion_logprobs, generate, load_policy, pad_batch, stop_ids, unfinished
 from report import credit_examples, history_last, peak_memory_mb, reset_peak_memory, write_run_report
 
@@ -93,7 +93,8 @@ class GRPOConfig:
     output_dir: str = opt("runs/grpo", OUTPUT_DIR_HELP)
     overwrite_output_dir: bool = opt(False, "start afresh even if output_dir holds a run")
     resume: bool = opt(False, "continue the run in output_dir from its last checkpoint")
-    seed: int = opt(0, "seed for sampling and prompt order")
+    seed: int = opt(0, "seed for sampling (and for the prompt order unless --data_seed is given)")
+    data_seed: int = opt(None, "seed for the prompt order (TRL's data_seed); default: --seed")
     # --- the embedded default ---
     cache_dir: str = opt("cache", "where the embedded warm start is cached, keyed by its config")
     task: str = opt("chain", "embedded task: 'chain' (free tags, 70% confusable facts: the benchmark's) or 'sum' (easier)",
@@ -124,8 +125,8 @@ class GRPOConfig:
             need(getattr(self, flag) >= 1, flag, "must be >= 1")
         for flag in ("weight_decay", "beta", "warm_start_steps", "max_resample_rounds", "warm_start_seed"):
             need(getattr(self, flag) >= 0, flag, "must be >= 0")
-        for flag in ("seed", "warm_start_seed"):
-            need(abs(getattr(self, flag)) < 2**31, flag, "must be between -2**31 and 2**31")
+        for flag in ("seed", "warm_start_seed", "data_seed"):
+            need(getattr(self, flag) is None or abs(getattr(self, flag)) < 2**31, flag, "must be between -2**31 and 2**31")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float):  # inf or nan in any option makes every update a NaN, i.e. a no-op
@@ -218,7 +219,7 @@ def sample(model, tokenizer, rows, prompts, cfg, device, stats):
     G = cfg.num_generations
     rows, prompts = [r for r in rows for _ in range(G)], [p for p in prompts for _ in range(G)]
     completion_ids, mask, texts = generate(model, tokenizer, prompts, cfg, device)
-    checked = [check_answer(t, r["answer"]) for t, r in zip(texts, rows)]
+    checked = [task_reward(cfg)(t, r) for t, r in zip(texts, rows)]
     stats["verify_timeouts"] = stats.get("verify_timeouts", 0) + sum(timed_out for _, timed_out in checked)
     rewards = torch.tensor([reward for reward, _ in checked], device=device)
     return rows, prompts, completion_ids, mask, texts, rewards
@@ -294,6 +295,7 @@ def rollout(model, tokenizer, rows, prompts, cfg, device, ref_model, edit_rollou
         batch.pi_old()
     own = sampled.nonzero().squeeze(1).tolist()  # metrics describe the policy's own samples only
     stats = {**stats, "reward": rewards[sampled].mean().item(), "response_length": mask[sampled].sum(1).mean().item(),
+             "sampled_tokens": int(mask[sampled].sum()),
              "empty_responses": sum(not texts[i].strip() for i in own),
              "truncated": unfinished(completion_ids, mask, stop_ids(model))[sampled].sum().item()}
     return batch, times, stats
@@ -454,6 +456,12 @@ def load_task(cfg):
     return load_rows(cfg, None if cfg.dataset else make_arithmetic_task(cfg))
 
 
+def task_reward(cfg):
+    """reward(response, row) -> (0/1, timed_out): a dataset's final answer, or the embedded task's
+    whole worked chain (a right answer reached through a wrong step earns 0 there)."""
+    return answer_reward if cfg.dataset else chain_reward
+
+
 def train(cfg, credit=grpo_credit, loss_fn=grpo_loss, edit_rollouts=None, recredit=None, preflight=None):
     """Run RL with the given method (the seams above); returns the run's summary dict. Seam 5,
     preflight(model, tokenizer, eval_rows, cfg) -> metrics for the step-0 record (cepo.py)."""
@@ -495,12 +503,13 @@ def train_run(run, cfg, device, credit, loss_fn, edit_rollouts, recredit, prefli
     if start == 0:
         checks = preflight(model, tokenizer, eval_rows, cfg) if preflight else {}
         record({"step": 0, "stop_tokens": stop_tokens, **checks,
-                "eval_acc": evaluate(model, tokenizer, eval_rows, cfg, device, instruction)})
+                "eval_acc": evaluate(model, tokenizer, eval_rows, cfg, device, instruction, task_reward(cfg))})
     bar = tqdm(range(start + 1, cfg.max_steps + 1), desc=os.path.basename(cfg.output_dir), initial=start,
                total=cfg.max_steps, file=sys.stdout)
     for step in bar:
         def draw(round):  # round 0: this step's prompts; later rounds: fresh ones, for dynamic sampling
-            idx = step_prompts(step, cfg.prompts_per_step, len(train_rows), cfg.seed + 1000003 * round)
+            data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
+            idx = step_prompts(step, cfg.prompts_per_step, len(train_rows), data_seed + 1000003 * round)
             return [train_rows[i] for i in idx], [prompts[i] for i in idx]
 
         batch, times, stats = rollout(model, tokenizer, *draw(0), cfg, device, ref_model, edit_rollouts, draw)
@@ -520,13 +529,13 @@ def train_run(run, cfg, device, credit, loss_fn, edit_rollouts, recredit, prefli
                    **credit_stats, **upd, **times, "t_credit": t1 - t0 - scoring, "t_update": t2 - t1,
                    "peak_mem_mb": peak_memory_mb(device)}
         if not (cfg.model or cfg.dataset):  # the embedded task knows which tokens decide the reward
-            metrics.update(credit_ground_truth(batch.completion_ids, batch.completion_mask, batch.advantages, token_adv,
-                                               batch.entropy, tokenizer))
+            labels = ground_truth(batch.completion_ids, batch.completion_mask, batch.rows, tokenizer, CONFUSABLE_SHARE[cfg.task])
+            metrics.update(credit_ground_truth(labels, batch.advantages, token_adv, batch.completion_mask, batch.entropy))
         if upd["skipped_updates"]:
             print(f"[train] step {step}: skipped {upd['skipped_updates']} update(s) with a non-finite loss or gradient",
                   file=sys.stderr)
         if step % cfg.eval_steps == 0 or step == cfg.max_steps:
-            metrics["eval_acc"] = evaluate(model, tokenizer, eval_rows, cfg, device, instruction)
+            metrics["eval_acc"] = evaluate(model, tokenizer, eval_rows, cfg, device, instruction, task_reward(cfg))
         record(metrics)
         bar.set_postfix(reward=f"{metrics['reward']:.2f}", eval=f"{history_last(history, 'eval_acc'):.2f}")
         if step % cfg.save_steps == 0 or step == cfg.max_steps:

@@ -89,7 +89,7 @@ def render_credit_html(path, columns):
         return (f"<b>{html.escape(ex['question'])}</b> (answer {html.escape(ex['answer'])}, A = {ex['advantage']:+.2f})"
                 f"<br><small>{html.escape(ex['note'])}</small><pre>{''.join(spans)}</pre>")
 
-    rows = max(len(v) for v in columns.values())
+    rows = max(1, *map(len, columns.values()))  # a batch with no response of A != 0 still gets its (empty) picture
     body = "".join("<tr>" + "".join(f"<td>{cell(v[r]) if r < len(v) else ''}</td>" for v in columns.values()) + "</tr>"
                    for r in range(rows))
     head = "".join(f"<th>{html.escape(name)}</th>" for name in columns)
@@ -106,7 +106,7 @@ def render_credit_png(path, columns):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    rows = max(len(v) for v in columns.values())
+    rows = max(1, *map(len, columns.values()))  # a batch with no response of A != 0 still gets its (empty) picture
     fig, axes = plt.subplots(rows, len(columns), figsize=(4.2 * len(columns), 1.3 * rows), squeeze=False)
     for c, (name, examples) in enumerate(columns.items()):
         axes[0][c].set_title(name, fontsize=11, fontweight="bold")

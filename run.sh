@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# ./run.sh         train every method on the embedded default (3 seeds) and write results/
+# ./run.sh         the benchmark: 6 warm starts x 6 arms on the embedded default, writes results/ (~30 min)
 # ./run.sh bench   seconds per step of each method, split by phase, and peak memory
 # ./run.sh test    run the test suite (extra arguments go to pytest)
 set -euo pipefail
@@ -18,5 +18,5 @@ PY=.venv/bin/python
 case "${1:-}" in
   test) shift; exec "$PY" -m pytest -q tests "$@" ;;
   bench) shift; exec "$PY" compare.py --bench "$@" ;;
-  *) exec "$PY" compare.py "$@" ;;  # e.g. ./run.sh --seeds 0 1
+  *) exec "$PY" compare.py "$@" ;;  # e.g. ./run.sh --full, ./run.sh --quick
 esac

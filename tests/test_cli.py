@@ -107,7 +107,11 @@ def test_any_value_of_any_option_parses_or_is_one_line_naming_the_flag(config_cl
 @pytest.mark.parametrize("argv, problem", [
     (["--jobs", "0"], "--jobs 0: must be >= 1"),
     (["--jobs", "-1"], "--jobs -1: must be >= 1"),
-    (["--methods", "gcpo", "cepo"], "--methods must include grpo"),
+    (["--arms", "gcpo", "cepo"], "--arms must include grpo"),
+    (["--arms", "grpo", "gcpo", "gcpo"], "--arms grpo gcpo gcpo: a value is repeated"),
+    (["--full"], "--full and --quick: choose one preset"),
+    (["--seeds", "500"], "seeds < 500"),
+    (["--warm_starts", "-1"], "must be >= 0"),
     (["--seeds", "0", "0"], "--seeds 0 0: a value is repeated"),
     (["--warm_starts", "1", "1"], "--warm_starts 1 1: a value is repeated"),
 ])

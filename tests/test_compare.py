@@ -1,68 +1,126 @@
-"""compare.py's statistics and tables, on synthetic runs (the real ones take minutes)."""
+"""compare.py's records, statistics, tables and --recompute, on synthetic per-step metrics (real
+runs take minutes; tests/test_paired_stats.py checks the statistics' calibration)."""
 import json
 import math
 
-import hypothesis.strategies as st
+import pytest
 import torch
-from hypothesis import given
 
 import compare
 import gold
 import grpo_baseline as gb
 
 
-def fake_run(tmp_path, name, accs, sec, share=None):
-    """A finished run's files: evaluations every 10 steps with these accuracies."""
-    out = tmp_path / name
-    out.mkdir(parents=True)
-    history = [{"step": 10 * k, "eval_acc": a, **({"reward": a, "decisive_credit_share": share,
-                                                    "decisive_credit_share_uniform": 0.2} if k and share else {})}
-               for k, a in enumerate(accs)]
-    (out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in history))
-    (out / "summary.json").write_text(json.dumps({"peak_mem_mb": 100.0, "sec_per_step": sec}))
-    return str(out)
+def history(accs, sec=1.0, every=10, **credit):
+    """A run's per-step metrics: evaluations every `every` steps with these accuracies; `credit`
+    keys on every training step."""
+    steps = [{"step": 0, "eval_acc": accs[0]}]
+    for t in range(1, every * (len(accs) - 1) + 1):
+        m = {"step": t, "peak_mem_mb": 100.0 + t, **{p: sec / 4 for p in compare.PHASES}, **credit}
+        if t % every == 0:
+            m["eval_acc"] = accs[t // every]
+        steps.append(m)
+    return steps
 
 
-def test_run_record_auc_target_and_credit(tmp_path):
-    r, _ = compare.run_record(1, 0, fake_run(tmp_path, "r", [0.2, 0.3, 0.4, 0.4], 1.0, share=0.5))
+def test_run_record_auc_target_and_credit():
+    r = compare.run_record(1, 0, history([0.2, 0.3, 0.4, 0.4], credit_pos_decisive=2.0, gold_injections=1, gold_tokens=9))
     assert math.isclose(r["auc"], (0.25 + 0.35 + 0.4) / 3)  # trapezoids over 3 intervals of 10 steps
     assert r["final_acc"] == 0.4 and r["start_acc"] == 0.2 and r["steps_to_target"] == 20  # first >= 0.2 + 0.15
-    assert r["decisive_credit_share"] == 0.5 and r["decisive_credit_share_uniform"] == 0.2 and r["free_tag_entropy_first"] is None
+    assert r["warm_start"] == 1 and r["seed"] == 0 and r["credit_pos_decisive"] == 2.0 and r["credit_neg_free"] is None
+    assert r["references"] == 30 and r["reference_tokens"] == 270 and math.isclose(r["sec_per_step"], 1.0)
+    never = compare.run_record(0, 0, history([0.2, 0.25, 0.3]))
+    assert never["steps_to_target"] == 20 and not never["reached_target"]  # counted as the run's length
 
 
-def test_paired_differences_tables_and_verdict(tmp_path):
-    runs = {"grpo": [], "gcpo": []}
-    for w in (0, 1, 2):
-        for s in (0, 1):
-            base = [0.2 + 0.1 * w, 0.3 + 0.1 * w, 0.35 + 0.1 * w]  # warm starts differ a lot, pairs move together
-            runs["grpo"].append((w, s, fake_run(tmp_path, f"g{w}{s}", base, 1.0, 0.2)))
-            runs["gcpo"].append((w, s, fake_run(tmp_path, f"c{w}{s}", [base[0]] + [a + 0.05 for a in base[1:]], 1.2, 0.4)))
-    methods, histories = compare.aggregate(runs)
-    g, c = methods["grpo"], methods["gcpo"]
+def benchmark(shift, noise=0.0, W=6, S=1):
+    """Histories of grpo and an arm whose accuracy after step 0 is GRPO's + shift (+ noise per warm
+    start): warm starts differ a lot, pairs move together."""
+    out = {"grpo": {}, "gcpo": {}, "aa": {}}
+    for w in range(W):
+        for s in range(S):
+            base = [0.2 + 0.05 * w, 0.3 + 0.05 * w, 0.35 + 0.05 * w]
+            bump = shift + noise * (-1) ** w
+            out["grpo"][w, s] = history(base)
+            out["gcpo"][w, s] = history([base[0]] + [a + bump for a in base[1:]], sec=1.2, credit_pos_decisive=1.5)
+            out["aa"][w, s] = history([base[0]] + [a + noise * (-1) ** (w // 2) for a in base[1:]])
+    return out
+
+
+CHECKS = {w: {"seed": w, "start_acc": 0.3, "hint_contrast_nats": 2.0, "negative_contrast_wrong_answer": 1.0,
+              "negative_contrast_empty_prompt": 0.1, "failed_checks": ["negative_contrast_empty_prompt"]} for w in range(6)}
+
+
+def test_paired_differences_holm_mde_tables_and_verdict():
+    arms = compare.aggregate(benchmark(0.05, noise=0.01))
+    g, c, a = arms["grpo"], arms["gcpo"], arms["aa"]
     assert g["auc_diff_vs_grpo"] == 0 and g["auc_diff_vs_grpo_ci"] == [0, 0]
     assert math.isclose(c["auc_diff_vs_grpo"], 0.05 * 0.75) and c["auc_diff_vs_grpo_ci"][0] > 0  # the pairing removes the spread
     assert c["auc_ci"][1] - c["auc_ci"][0] > 0.1  # unpaired, the warm starts' spread dominates
-    assert math.isclose(c["vs_grpo"], 1.2) and c["decisive_credit_share"] == 0.4 and len(histories["gcpo"]) == 6
-    checks = {w: {"seed": w, "start_acc": 0.3, "hint_contrast_nats": 2.0, "negative_contrast_wrong_answer": 1.0,
-                  "negative_contrast_empty_prompt": 0.1, "failed_checks": ["negative_contrast_empty_prompt"]} for w in (0, 1)}
-    text = compare.table(methods, checks)
+    assert c["p_sign_flip"] == 2 / 2 ** 6 and c["p_holm"] == 2 * c["p_sign_flip"]  # every warm start agrees; Holm over 2 arms
+    assert a["p_sign_flip"] > 0.5 and a["mde"] > 0 and math.isclose(c["vs_grpo"], 1.2)
+    assert c["credit_by_role"]["pos"]["decisive"] == 1.5 and set(c["credit_by_role"]) == {"pos", "neg"}
+    text = compare.table(arms, CHECKS)
     assert "| gcpo |" in text and "| 1 | 0.300 | +2.00 | +1.00 | +0.10 | negative_contrast_empty_prompt |" in text
-    assert "- gcpo beats GRPO: AUC difference +0.038" in compare.verdict(methods)
-    summary = json.loads(json.dumps(compare.task_summary({"max_steps": 20}, [0, 1], checks, methods)))
-    assert {"warm_starts", "methods"} <= set(summary) and summary["warm_starts"][0]["seed"] == 0
-    for m in summary["methods"].values():
-        assert {"runs", "final_acc", "final_acc_ci", "auc", "auc_ci", "auc_diff_vs_grpo", "auc_diff_vs_grpo_ci",
-                "decisive_credit_share", "sec_per_step", "peak_mem_mb"} <= set(m)
-        assert {"warm_start", "seed", "final_acc", "auc"} <= set(m["runs"][0])
+    lines = compare.verdict(arms)
+    assert "- gcpo is not separated from GRPO" in lines  # 2/64 x 2 arms > 0.05: six warm starts cannot separate two arms
+    assert f"detects {compare.fmt(a['mde'])} or more" in lines
+    one = compare.aggregate({k: v for k, v in benchmark(0.05, noise=0.01).items() if k != "aa"})
+    assert "- gcpo beats GRPO: AUC difference +0.038" in compare.verdict(one)  # one comparison: 2/64 < 0.05
 
 
-@given(st.lists(st.lists(st.floats(0, 1), min_size=1, max_size=3), min_size=1, max_size=4))
-def test_bootstrap_interval_lies_within_the_data_and_is_a_point_for_constant_data(groups):
-    lo, hi = compare.bootstrap_ci(dict(enumerate(groups)), n=500)
-    values = [v for g in groups for v in g]
-    assert min(values) - 1e-12 <= lo <= hi <= max(values) + 1e-12
-    const = compare.bootstrap_ci(dict(enumerate([[0.5] * len(g) for g in groups])), n=200)
-    assert const == [0.5, 0.5]
+def test_preamble_says_when_the_design_cannot_separate_any_arm():
+    arms = compare.aggregate(benchmark(0.05, noise=0.01))
+    assert "cannot separate any arm" in compare.preamble("default", arms, compare.BUDGET)
+    arms16 = compare.aggregate(benchmark(0.05, noise=0.01, W=16))
+    assert "cannot separate" not in compare.preamble("full", arms16, compare.BUDGET)
+    assert compare.preamble("quick", arms, compare.BUDGET).startswith("Smoke run")
+
+
+def test_summary_json_has_every_key_and_recompute_reproduces_it(tmp_path, monkeypatch, capsys):
+    histories = benchmark(0.03, noise=0.02, W=3, S=2)
+    arms = compare.aggregate(histories)
+    mc = {a: {"start": {"corr": 0.1, "sign_agreement": 0.6, "n": 40}, "end": None} for a in arms}
+    compare.write_metrics(tmp_path / "metrics.jsonl.gz", histories)
+    compare.report(tmp_path, arms, dict(list(CHECKS.items())[:3]), compare.BUDGET, [0, 1], mc, 12.5)
+    first = json.loads((tmp_path / "summary.json").read_text())
+    task = first["tasks"]["chain"]
+    assert task["interval"] == "t on warm-start means" and task["design"]["warm_starts"] == 3
+    for name, m in task["methods"].items():
+        assert {"p_holm", "mde", "credit_by_role", "first_error_credit", "mc_agreement", "auc_ci"} <= set(m)
+        assert {"warm_start", "seed", "auc"} <= set(m["runs"][0]) and len(m["runs"]) == 6
+        assert set(m["credit_by_role"]["neg"]) == set(compare.ROLE_NAMES)
+    assert compare.read_metrics_file(tmp_path / "metrics.jsonl.gz") == {
+        a: {k: hs[k] for k in sorted(hs)} for a, hs in histories.items()}
+    monkeypatch.setattr("sys.argv", ["compare.py", "--recompute", str(tmp_path)])
+    (tmp_path / "summary.json").write_text(json.dumps({**first, "tasks": {"chain": {**task, "methods": {
+        a: {"mc_agreement": m["mc_agreement"]} for a, m in task["methods"].items()}}}}))  # numbers gone, from the metrics again
+    compare.main()
+    assert json.loads((tmp_path / "summary.json").read_text()) == first and "| gcpo |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("files, problem", [({}, "needs the metrics.jsonl.gz"), ({"summary.json": "{"}, "needs the metrics")])
+def test_recompute_refuses_a_folder_without_a_run_in_one_line(tmp_path, monkeypatch, capsys, files, problem):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    monkeypatch.setattr("sys.argv", ["compare.py", "--recompute", str(tmp_path)])
+    with pytest.raises(SystemExit) as exit_info:
+        compare.main()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and problem in err[-1] and str(tmp_path) in err[-1]
+
+
+def test_a_credit_picture_without_examples_is_still_drawn(tmp_path):
+    compare.render_credit_png(str(tmp_path / "c.png"), {"GRPO (uniform)": [], "GCPO": []})
+    assert (tmp_path / "c.png").stat().st_size > 0
+
+
+def test_every_arm_runs_from_the_same_prompts_and_aa_samples_differently():
+    for w, s in ((0, 0), (3, 1)):
+        seeds = {arm: compare.run_seeds(arm, w, s) for arm in compare.ARMS}
+        assert len({data for _, data in seeds.values()}) == 1  # one prompt stream per (warm start, seed)
+        assert seeds["aa"][0] != seeds["grpo"][0] and seeds["gcpo"] == seeds["grpo"]
+    assert compare.run_seeds("grpo", 0, 0)[1] != compare.run_seeds("grpo", 1, 0)[1]  # nested: no stream shared
 
 
 def test_gold_runs_with_grpos_loss_in_the_comparison():
@@ -74,3 +132,4 @@ def test_gold_runs_with_grpos_loss_in_the_comparison():
     ours, theirs = gold.gold_loss(logp, old, adv, mask, cfg, mask.sum()), gb.grpo_loss(logp, old, adv, mask, base, mask.sum())
     assert ours[0].item() == theirs[0].item() and ours[1] == theirs[1]
     assert gold.GoldConfig().loss_type != base.loss_type  # gold.py's own default is the paper's
+    assert compare.method_config("sft_gold").loss_type == base.loss_type

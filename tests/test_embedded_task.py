@@ -1,22 +1,43 @@
-"""The embedded arithmetic tasks: solutions parse to their sums, splits are disjoint, and the
-chain task's ground truth labels every token of a response."""
+"""The embedded arithmetic tasks: solutions parse to their sums, splits are disjoint, and the chain
+task's ground truth holds by intervention: what each label says about the reward, hypothesis
+hunts for a response where it does not."""
 import random
 
 import pytest
+import regex  # partial matching: an independent oracle for "can this prefix still earn the reward?"
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from data import extract_answer, reward_fn
-from embedded_task import (char_tokenizer, credit_ground_truth, free_tags, make_arithmetic_task, running_sum_solution,
-                           token_roles)
+from controls import oracle_weights
+from data import extract_answer
+from embedded_task import (END, FREE_LETTERS, ROLE_NAMES, TAG, chain_lines, chain_reward, char_tokenizer, confusable_slip,
+                           contested, credit_ground_truth, first_error, free_tags, ground_truth, make_arithmetic_task,
+                           running_sum_solution, slip_of, token_roles)
 from grpo_baseline import GRPOConfig
 
+numbers = st.lists(st.integers(0, 9), min_size=2, max_size=5)
 
-@given(st.lists(st.integers(0, 99), min_size=2, max_size=6), st.booleans(), st.integers(0, 10**6))
-def test_embedded_solutions_parse_to_their_sum(nums, tagged, seed):
-    solution = running_sum_solution(nums, tag=free_tags(random.Random(seed)) if tagged else None)
-    assert extract_answer(solution) == str(sum(nums))
+
+def row_of(nums):
+    return {"question": "+".join(map(str, nums))}
+
+
+def response(nums, seed, tagged, slip=None):
+    return running_sum_solution(nums, slip, free_tags(random.Random(seed)) if tagged else None)
+
+
+def can_still_earn(prefix, row):
+    """Whether some continuation of `prefix` (text, END for the stop token) earns reward 1."""
+    *steps, final = chain_lines(row["question"])
+    pattern = "\n".join([f"(?:{TAG.pattern})?{regex.escape(line)}" for line in steps] + [regex.escape(final)]) + END
+    return regex.fullmatch(pattern, prefix, partial=True) is not None
+
+
+@given(numbers, st.booleans(), st.integers(0, 10**6))
+def test_embedded_solutions_parse_to_their_sum_and_earn_the_reward(nums, tagged, seed):
+    solution = response(nums, seed, tagged)
+    assert extract_answer(solution) == str(sum(nums)) and chain_reward(solution, row_of(nums)) == (1.0, False)
 
 
 @pytest.mark.parametrize("task", ["sum", "chain"])
@@ -33,35 +54,88 @@ def test_embedded_task_splits_are_disjoint_and_gsm8k_shaped(task):
     assert row["blank_question"].count("?") == len(row["question"].replace("+", ""))
 
 
-@given(st.lists(st.integers(0, 9), min_size=2, max_size=6), st.integers(0, 10**6), st.data())
-def test_changing_a_free_tag_never_changes_the_reward_and_a_decisive_token_does(nums, seed, data):
-    """The ground truth is right about the reward: every tag letter can be replaced without
-    changing it, and changing a digit of the final answer always does."""
-    solution = running_sum_solution(nums, tag=free_tags(random.Random(seed)))
+@given(numbers, st.integers(0, 10**6), st.booleans(), st.data())
+def test_a_free_token_changed_alone_never_changes_the_reward_and_any_other_always_does(nums, seed, tagged, data):
+    """The labels by intervention, on a reward-1 response: a tag letter changed to any other letter
+    keeps the reward; a decisive, copied or structure character changed to any other printable
+    character loses it (the reward reads the whole chain)."""
+    solution, row = response(nums, seed, tagged), row_of(nums)
     roles = token_roles(solution)
-    assert len(roles) == len(solution) and roles.count("f") == 2 * (len(nums) - 1)
-    answer = str(sum(nums))
-    free = [i for i, r in enumerate(roles) if r == "f"]
-    i = data.draw(st.sampled_from(free))
-    assert reward_fn(solution[:i] + data.draw(st.sampled_from("abcxyz")) + solution[i + 1:], answer) == 1
-    last = max(i for i, r in enumerate(roles) if r == "d")
-    wrong = str((int(solution[last]) + 1) % 10)
-    assert reward_fn(solution[:last] + wrong + solution[last + 1:], answer) == 0
-    assert token_roles("pq 3+5=8\nzz 8+8=1x\n#### 16") == "ffscscsd" + "s" * 16 + "dd"  # what does not parse is structure
+    assert len(roles) == len(solution) and roles.count("f") == 2 * (len(nums) - 1) * tagged
+    assert roles.count("d") == sum(len(line.split("=")[1]) for line in chain_lines(row["question"])[:-1])
+    i = data.draw(st.integers(0, len(solution) - 1))
+    other = data.draw(st.sampled_from(FREE_LETTERS + "abxyz" if roles[i] == "f" else "0123456789+=# \nab").filter(
+        lambda c: c != solution[i]))
+    assert chain_reward(solution[:i] + other + solution[i + 1:], row)[0] == (roles[i] == "f")
 
 
-def test_credit_ground_truth_shares_under_uniform_and_concentrated_credit():
-    tok = char_tokenizer()
-    text = "pq 3+5=8\n#### 8"
-    ids = torch.tensor([tok(text).input_ids + [tok.eos_token_id]] * 3)
-    mask = torch.ones(ids.shape)
-    roles = token_roles(text) + "s"  # the EOS is structure
-    decisive = torch.tensor([r == "d" for r in roles])
-    adv = torch.tensor([2.0, -0.5, 0.0])  # the third response has no credit: left out
-    uniform = adv[:, None] * mask
-    entropy = torch.where(torch.tensor([r == "f" for r in roles]), 2.0, 0.1).expand(3, -1)
-    out = credit_ground_truth(ids, mask, adv, uniform, entropy, tok)
-    assert out["decisive_credit_share"] == out["decisive_credit_share_uniform"] == decisive.float().mean().item()
-    assert out["free_tag_entropy"] == 2.0
-    focused = adv[:, None] * torch.where(decisive, 3.0, 0.5)
-    assert credit_ground_truth(ids, mask, adv, focused, entropy, tok)["decisive_credit_share"] > 2 / 16
+@given(numbers, st.integers(0, 10**6), st.booleans(), st.sampled_from([0.3, 0.7, 1.0]))
+def test_no_reward_1_response_holds_a_wrong_step(nums, seed, tagged, share):
+    """Responses as the warm start writes them (confusable slips, the chain going on from the wrong
+    total): reward 1 exactly when no step slipped, however the final answer came out."""
+    slips = []
+
+    def slip(k, total, n):
+        slips.append(confusable_slip(random.Random(seed + k), share)(k, total, n))
+        return slips[-1]
+    text = response(nums, seed, tagged, slip)
+    assert chain_reward(text, row_of(nums))[0] == (not any(slips))
+
+
+@given(numbers, st.integers(0, 10**6), st.booleans(), st.data())
+def test_the_first_wrong_token_is_where_the_reward_was_decided(nums, seed, tagged, data):
+    """first_error marks the token after which no continuation earns the reward: every prefix before
+    it can still earn it, the prefix through it cannot. Responses: a solution, then a few random
+    single-character edits, possibly truncated; END is the stop token."""
+    row = row_of(nums)
+    tokens = list(response(nums, seed, tagged)) + [END]
+    for _ in range(data.draw(st.integers(0, 2))):
+        tokens[data.draw(st.integers(0, len(tokens) - 1))] = data.draw(st.sampled_from("0123456789+=# \npq" + END))
+    tokens = tokens[:data.draw(st.integers(1, len(tokens)))]
+    wrong = first_error(tokens, row)
+    if wrong is None:
+        assert can_still_earn("".join(tokens), row)  # right so far (or right and finished)
+    else:
+        assert can_still_earn("".join(tokens[:wrong]), row) and not can_still_earn("".join(tokens[:wrong + 1]), row)
+
+
+@given(numbers, st.integers(0, 10**6), st.booleans())
+def test_contested_digits_are_decisive_digits_the_corpus_writes_both_ways(nums, seed, tagged):
+    text = response(nums, seed, tagged)
+    roles, share = token_roles(text), 0.7
+    marked = contested(text, share)
+    assert all(roles[i] == "d" for i in marked)  # each confusable fact marks the digits its slip changes
+    per_line = [sum(1 for i in marked if text.count("\n", 0, i) == k) for k in range(len(nums) - 1)]
+    total = nums[0]
+    for k, n in enumerate(nums[1:]):
+        right, slip = str(total + n), slip_of(total, n, share)
+        wrong = str(total + n + slip)
+        want = 0 if not slip else len(right) if len(wrong) != len(right) else sum(a != b for a, b in zip(right, wrong))
+        assert per_line[k] == want
+        total += n
+
+
+def batch_of(texts, tok):
+    ids = [tok(t).input_ids + [tok.eos_token_id] for t in texts]
+    width = max(map(len, ids))
+    mask = torch.tensor([[1.0] * len(x) + [0.0] * (width - len(x)) for x in ids])
+    return torch.tensor([x + [tok.pad_token_id] * (width - len(x)) for x in ids]), mask
+
+
+def test_uniform_credit_scores_one_everywhere_and_the_oracle_all_on_the_first_wrong_token():
+    tok, row = char_tokenizer(), row_of([3, 5, 8])
+    right, wrong = "pq 3+5=8\nrs 8+8=16\n#### 16", "pq 3+5=9\nrs 9+8=17\n#### 17"
+    ids, mask = batch_of([right, wrong, right], tok)
+    labels = ground_truth(ids, mask, [row] * 3, tok, 0.7)
+    roles, first_wrong, _ = labels
+    assert first_wrong[1].nonzero().squeeze().item() == wrong.index("9") and not first_wrong[0].any()
+    assert [ROLE_NAMES[r] for r in roles[0, :3].tolist()] == ["free", "free", "structure"]
+    adv = torch.tensor([1.0, -2.0, 0.0])  # the third has no advantage: left out
+    entropy = torch.ones_like(mask)
+    out = credit_ground_truth(labels, adv, adv[:, None] * mask, mask, entropy)
+    assert all(out[k] == 1.0 for k in out if k.startswith("credit_")) and out["first_error_credit"] == -1.0
+    assert out["decisive_credit_share"] == out["decisive_credit_share_uniform"] and out["free_tag_entropy"] == 1.0
+    weights = oracle_weights(adv, mask, first_wrong, labels[2])
+    oracle = credit_ground_truth(labels, adv, adv[:, None] * weights, mask, entropy)
+    assert oracle["first_error_credit"] == -mask[1].sum().item() and oracle["credit_neg_free"] == 0
+    assert torch.allclose((weights * mask).sum(1)[:2], mask.sum(1)[:2])  # GRPO's total per response, placed

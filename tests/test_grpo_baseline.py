@@ -76,6 +76,23 @@ def test_the_chain_task_logs_credit_against_its_ground_truth(tiny_cfg):
         if "decisive_credit_share" in m:  # some group had a contrast: GRPO's credit is uniform, so shares agree
             assert m["decisive_credit_share"] == pytest.approx(m["decisive_credit_share_uniform"], abs=1e-6)
             assert 0.05 < m["decisive_credit_share_uniform"] < 0.5
+            credit = {k: v for k, v in m.items() if k.startswith("credit_")}
+            assert credit and all(v == pytest.approx(1.0) for v in credit.values())  # Â/A = 1 on every role
+        if "first_error_credit" in m:
+            assert m["first_error_credit"] == pytest.approx(-1.0)
+
+
+def test_data_seed_fixes_the_prompts_and_seed_the_sampling(tiny_cfg, monkeypatch, tmp_path):
+    """The benchmark's pairing: runs with one --data_seed see the same prompts whatever their --seed."""
+    seen, rollout = [], gb.rollout
+    monkeypatch.setattr(gb, "rollout", lambda model, tok, rows, *a, **k: seen.append([r["question"] for r in rows]) or
+                        rollout(model, tok, rows, *a, **k))
+    runs = {}
+    for seed, data_seed in ((1, 5), (2, 5), (1, None), (2, None)):
+        seen.clear()
+        gb.train(tiny_cfg(max_steps=2, eval_steps=10, seed=seed, data_seed=data_seed, output_dir=str(tmp_path / f"{seed}{data_seed}")))
+        runs[seed, data_seed] = list(seen)
+    assert runs[1, 5] == runs[2, 5] and runs[1, None] != runs[2, None] and len(runs[1, 5]) == 2
 
 
 def test_ppo_epochs_minibatches_and_kl_run(tiny_cfg):
