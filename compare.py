@@ -546,7 +546,7 @@ def main():
     budget = {**BUDGET, **overrides}
     # the default's runs are --full's first ones (same budget, seeds and warm starts): one folder, reused
     runs_dir = os.path.join(args.runs_dir, "chain", "quick" if preset == "quick" else "")
-    results_dir = os.path.join(args.results_dir, folder)
+    results_dir = os.path.normpath(os.path.join(args.results_dir, folder))
     start = time.time()
     checks, runs = run_all(arms, warm_starts, seeds, runs_dir, args.jobs, budget)
     histories = {a: {(w, s): read_metrics(out) for w, s, out in rs} for a, rs in runs.items()}
