@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# ./run.sh         the benchmark: 6 warm starts x 6 arms on the embedded default, writes results/ (~30 min)
+# ./run.sh         the benchmark: 6 warm starts x 6 arms on the embedded default, writes results/ (~40 min)
 # ./run.sh bench   seconds per step of each method, split by phase, and peak memory
 # ./run.sh test    run the test suite (extra arguments go to pytest)
 set -euo pipefail

@@ -133,3 +133,35 @@ def test_gold_runs_with_grpos_loss_in_the_comparison():
     assert ours[0].item() == theirs[0].item() and ours[1] == theirs[1]
     assert gold.GoldConfig().loss_type != base.loss_type  # gold.py's own default is the paper's
     assert compare.method_config("sft_gold").loss_type == base.loss_type
+
+
+def test_a_killed_benchmark_resumes_without_rerunning_what_finished(tmp_path, monkeypatch):
+    """run_all runs a job only when its directory holds no done.json with the same options: a run
+    killed before its end (no done.json) or one with other options runs again."""
+    launched = []
+
+    class Finished:
+        returncode = 0
+
+        def __init__(self, cmd, **kwargs):
+            launched.append(cmd)
+            out = cmd[cmd.index("--output_dir") + 1]
+            if "--check_warm_start" in cmd:
+                (tmp_path / out / "checks.json").write_text(json.dumps({"seed": 0}))
+
+        def poll(self):
+            return 0
+    monkeypatch.setattr(compare.subprocess, "Popen", Finished)
+    monkeypatch.setattr(compare.time, "sleep", lambda s: None)
+    monkeypatch.chdir(tmp_path)
+    budget = {**compare.BUDGET, "max_steps": 2}
+    compare.run_all(["grpo", "gcpo"], [0], [0], "runs", 1, budget)
+    assert len(launched) == 3 and all((tmp_path / "runs/warm0" / d / "done.json").exists() for d in ("checks", "grpo_seed0", "gcpo_seed0"))
+    first = list(launched)
+    launched.clear()
+    (tmp_path / "runs/warm0/gcpo_seed0/done.json").unlink()  # killed before it finished
+    compare.run_all(["grpo", "gcpo"], [0], [0], "runs", 1, budget)
+    assert launched == [first[2]]
+    launched.clear()
+    compare.run_all(["grpo", "gcpo"], [0], [0], "runs", 1, {**budget, "max_steps": 3})  # other options: all again
+    assert len(launched) == 3  # the warm-start check takes the budget too
