@@ -18,8 +18,8 @@ in it (run seed = 1000 * warm start + seed, so no two warm starts share a prompt
 trains from the same warm starts with the same seeds, so each run pairs with GRPO's. Primary metric:
 AUC, the mean held-out accuracy over training (1,000 problems, every eval_steps). Per arm against
 GRPO: the mean paired difference, a 95% t-interval on warm-start means (df = W - 1), an exact
-pair-level sign-flip p, Holm-adjusted over the arms, and the minimum detectable effect at 80% power
-(paired_stats). An arm is separated from GRPO when its Holm-adjusted p < 0.05. Credit is measured
+sign-flip p over the warm-start means, Holm-adjusted over the arms, and the minimum detectable
+effect at 80% power (paired_stats). An arm is separated from GRPO when its Holm-adjusted p < 0.05. Credit is measured
 against the ground truth on every step (embedded_task.credit_ground_truth) and against a Monte-Carlo
 token advantage on a fixed sample (mc_advantage). Runs go --jobs at a time, one thread each.
 """
