@@ -19,9 +19,10 @@ trains from the same warm starts with the same seeds, so each run pairs with GRP
 AUC, the mean held-out accuracy over training (1,000 problems, every eval_steps). Per arm against
 GRPO: the mean paired difference, a 95% t-interval on warm-start means (df = W - 1), an exact
 sign-flip p over the warm-start means, Holm-adjusted over the arms, and the minimum detectable
-effect at 80% power (paired_stats). An arm is separated from GRPO when its Holm-adjusted p < 0.05. Credit is measured
-against the ground truth on every step (embedded_task.credit_ground_truth) and against a Monte-Carlo
-token advantage on a fixed sample (mc_advantage). Runs go --jobs at a time, one thread each.
+effect at 80% power (paired_stats). An arm is separated from GRPO when its Holm-adjusted p < 0.05.
+Credit is measured against the ground truth on every step (embedded_task.credit_ground_truth) and
+against a Monte-Carlo token advantage on a fixed sample (mc_advantage). Runs go --jobs at a time,
+one thread each.
 """
 import argparse
 import contextlib
@@ -307,7 +308,8 @@ def design(arms):
     """What this design can detect: warm starts, seeds, the median MDE over the arms, and the warm
     starts an MDE of 0.05 and of 0.03 would take at the median sd of warm-start means."""
     runs = arms["grpo"]["runs"]
-    W, S = len({r["warm_start"] for r in runs}), len(runs) // max(1, len({r["warm_start"] for r in runs}))
+    W = len({r["warm_start"] for r in runs})
+    S = len(runs) // max(1, W)
     sds = [m["sd_w"] for a, m in arms.items() if a != "grpo" and m["sd_w"]]
     sd = statistics.median(sds) if sds else None
     mdes = [m["mde"] for a, m in arms.items() if a != "grpo" and m["mde"] is not None]
@@ -418,15 +420,15 @@ def read_metrics_file(path):
     return histories
 
 
-def report(results_dir, arms, checks, budget, seeds, mc, minutes, note=""):
-    """results_dir/summary.md and summary.json from the aggregated arms."""
+def report(results_dir, preset, arms, checks, budget, seeds, mc, minutes):
+    """results_dir/summary.md and summary.json from the aggregated arms of a `preset`'s run."""
     for name, m in arms.items():
         m["mc_agreement"] = mc.get(name)
-    text = note + table(arms, checks) + "\n" + verdict(arms)
+    text = preamble(preset, arms, budget) + table(arms, checks) + "\n" + verdict(arms)
     with open(os.path.join(results_dir, "summary.md"), "w") as f:
         f.write(text)
     with open(os.path.join(results_dir, "summary.json"), "w") as f:
-        json.dump({"tasks": {"chain": {"budget": budget, "seeds": seeds, "target_gain": TARGET_GAIN, "check_thresholds": CHECKS,
+        json.dump({"preset": preset, "tasks": {"chain": {"budget": budget, "seeds": seeds, "target_gain": TARGET_GAIN, "check_thresholds": CHECKS,
                                        "interval": "t on warm-start means", "design": design(arms),
                                        "warm_starts": list(checks.values()), "methods": arms}},
                    "wall_minutes": minutes}, f, indent=1)
@@ -559,7 +561,7 @@ def main():
     plot_curves({a: list(hs.values()) for a, hs in histories.items()}, os.path.join(results_dir, "curves.png"))
     write_metrics(os.path.join(results_dir, "metrics.jsonl.gz"), histories)
     minutes = (time.time() - start) / 60
-    text = report(results_dir, summary, checks, budget, seeds, mc, minutes, preamble(preset, summary, budget))
+    text = report(results_dir, preset, summary, checks, budget, seeds, mc, minutes)
     print(text + f"\n{len(warm_starts)} warm starts and {sum(map(len, runs.values()))} runs in {minutes:.1f} min; "
           f"results in {results_dir}/")
 
@@ -571,17 +573,15 @@ def recompute(results_dir, parser):
         histories = read_metrics_file(os.path.join(results_dir, "metrics.jsonl.gz"))
         with open(os.path.join(results_dir, "summary.json")) as f:
             old = json.load(f)
-        task = old["tasks"]["chain"]
+        task, old["preset"] = old["tasks"]["chain"], old["preset"]
     except (OSError, ValueError, KeyError) as e:
         parser.error(f"--recompute {results_dir}: needs the metrics.jsonl.gz and summary.json a benchmark run wrote there ({e})")
     if "grpo" not in histories:
         parser.error(f"--recompute {results_dir}: metrics.jsonl.gz has no grpo runs to compare against")
     summary = aggregate(histories)
     mc = {a: m.get("mc_agreement") for a, m in task["methods"].items()}
-    folder = os.path.basename(os.path.normpath(results_dir))
-    preset = folder if folder in ("full", "quick") else "default"
-    text = report(results_dir, summary, {c["seed"]: c for c in task["warm_starts"]}, task["budget"], task["seeds"], mc,
-                  old["wall_minutes"], preamble(preset, summary, task["budget"]))
+    text = report(results_dir, old["preset"], summary, {c["seed"]: c for c in task["warm_starts"]}, task["budget"],
+                  task["seeds"], mc, old["wall_minutes"])
     print(text)
 
 

@@ -219,7 +219,8 @@ def sample(model, tokenizer, rows, prompts, cfg, device, stats):
     G = cfg.num_generations
     rows, prompts = [r for r in rows for _ in range(G)], [p for p in prompts for _ in range(G)]
     completion_ids, mask, texts = generate(model, tokenizer, prompts, cfg, device)
-    checked = [task_reward(cfg)(t, r) for t, r in zip(texts, rows)]
+    reward_of = task_reward(cfg)
+    checked = [reward_of(t, r) for t, r in zip(texts, rows)]
     stats["verify_timeouts"] = stats.get("verify_timeouts", 0) + sum(timed_out for _, timed_out in checked)
     rewards = torch.tensor([reward for reward, _ in checked], device=device)
     return rows, prompts, completion_ids, mask, texts, rewards

@@ -82,7 +82,7 @@ def test_summary_json_has_every_key_and_recompute_reproduces_it(tmp_path, monkey
     arms = compare.aggregate(histories)
     mc = {a: {"start": {"corr": 0.1, "sign_agreement": 0.6, "n": 40}, "end": None} for a in arms}
     compare.write_metrics(tmp_path / "metrics.jsonl.gz", histories)
-    compare.report(tmp_path, arms, dict(list(CHECKS.items())[:3]), compare.BUDGET, [0, 1], mc, 12.5)
+    compare.report(tmp_path, "default", arms, dict(list(CHECKS.items())[:3]), compare.BUDGET, [0, 1], mc, 12.5)
     first = json.loads((tmp_path / "summary.json").read_text())
     task = first["tasks"]["chain"]
     assert task["interval"] == "t on warm-start means" and task["design"]["warm_starts"] == 3
