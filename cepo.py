@@ -1,11 +1,16 @@
-"""CEPO: Contrastive Evidence Policy Optimization (arXiv 2605.19436).
+"""CEPO: Contrastive Evidence Policy Optimization (arXiv 2605.19436). Docs: docs/cepo.md.
 
 Self-distillation with two teachers, both the current policy under no grad, scoring the sampled
 response with a hint placed between prompt and response: the correct final answer r+, and the
 final answer of a rejected rollout of the same group r-. Tokens the correct-answer teacher likes
 more than the wrong-answer teacher carry the evidence for the right answer; they get a little more
-of a positive advantage (and a little less of a negative one). Docs: docs/cepo.md.
-As a diff against grpo_baseline.py it replaces only the token credit:
+of a positive advantage (and a little less of a negative one). As a diff against grpo_baseline.py
+it replaces the token credit, and adds a preflight that checks the model reads the hints.
+
+What a teacher reads, exactly (prompt x, hint, then the student's own response y):
+  embedded task   '7+0+7+8\n' + 'Answer: #### 22\n' + y        r- = 21: 'Answer: #### 21\n'
+  chat model      x through its chat template, ending '<|im_start|>assistant\n', + ' 72' + y
+                  (the bare answer, tokenized alone, as the reference; --hint_template changes it)
 
   (2.1) Δ_t = sg(log P+_t - log P-_t),  P±_t = pi(y_t | x, hint(r±), y_<t)
   (2.2) w_t = clip(exp(sign(A_i) Δ_t), 1 - eps_w, 1 + eps_w)
@@ -15,34 +20,27 @@ As a diff against grpo_baseline.py it replaces only the token credit:
 
 Â keeps the sign of A_i and stays within (1 ± λ eps_w)|A_i|: the teachers re-weight, never
 reverse. The hints enter only as the stop-gradient Δ, so the gradient is the student's,
-sum Â ∇ log pi(y_t | x, y_<t), with no hint in its context.
-The hint is the bare answer " 42" right after the prompt's assistant header, as the reference
-inserts it, for real models; the embedded task's is "Answer: #### 42\n", the form its warm start
-teaches (--hint_template). Before step 1 a run checks that the model reads the hints (hint_check).
-Departure from the reference code: when the chosen rejected rollout has no parsable answer, the
-reference uses the literal string "None" as r-; we take the next rejected rollout with a
-parsable answer, and use r- = r+ (Δ = 0: GRPO) if there is none. docs/cepo.md lists the rest.
-`--teacher rlsd` replaces P- by the student's own P(y_t | x, y_<t) (RLSD, arXiv 2604.03128).
+sum Â ∇ log pi(y_t | x, y_<t), with no hint in its context. docs/cepo.md lists the departures
+from the reference code. `--teacher rlsd` replaces P- by the student's own pi_old (RLSD, arXiv 2604.03128).
 """
 import functools
-import sys
 from dataclasses import dataclass
 
 import torch
 
+import diagnostics
 import grpo_baseline as gb
-from data import extract_answer, prompt_ids, resolve_instruction
+from data import extract_answer
 from embedded_task import ANSWER_HINT
-from grpo_baseline import opt
-from language_model import completion_logprobs, pad_batch, solution_logprob_gap
+from language_model import completion_logprobs, pad_batch
+from options import OUTPUT_DIR_HELP, opt
 
 REFERENCE_HINT = " {answer}"  # the reference's hint for real models: the bare answer
-HINT_CHECK_ROWS = 64
 
 
 @dataclass
 class CEPOConfig(gb.GRPOConfig):
-    output_dir: str = opt("runs/cepo", gb.OUTPUT_DIR_HELP)
+    output_dir: str = opt("runs/cepo", OUTPUT_DIR_HELP)
     lambda_init: float = opt(0.5, "λ0, the weight of the teachers' evidence at step 1 (reference scripts: 0.5)")
     lambda_schedule: str = opt("linear", "'linear': λ decays to 0 over --lambda_decay_steps; 'constant': λ0 throughout",
                                choices=("linear", "constant"))
@@ -71,7 +69,7 @@ def lambda_at(step, cfg):
     """(2.4) λ at RL step `step` (1-based)."""
     if cfg.lambda_schedule == "constant":
         return cfg.lambda_init
-    return cfg.lambda_init * max(0.0, 1 - (step - 1) / cfg.lambda_decay_steps)
+    return cfg.lambda_init * max(0.0, 1 - (step - 1) / cfg.lambda_decay_steps)  # (2.4)
 
 
 def cepo_token_advantages(adv, logp_pos, logp_neg, mask, lam, eps_w):
@@ -128,77 +126,23 @@ def cepo_credit(batch, model, tokenizer, cfg, step):
         contexts += [batch.prompts[i] + hint(r_minus[i // G]) for i in live]  # P-, in the same pass
     scored_idx = torch.tensor(live, device=token_adv.device)
     completion_ids, mask = batch.completion_ids[scored_idx], batch.completion_mask[scored_idx]
-    teachers = len(contexts) // len(live)
+    teachers = 1 if rlsd else 2  # P+ rows, then P- rows, in one pass
     scored = teacher_logprobs(model, tokenizer, contexts, completion_ids.repeat(teachers, 1), mask.repeat(teachers, 1), cfg)
     logp_pos = scored[:len(live)]
-    logp_neg = batch.pi_old()[scored_idx] if rlsd else scored[len(live):]  # RLSD: the student itself
+    logp_neg = batch.old_logp[scored_idx] if rlsd else scored[len(live):]  # RLSD: the student itself
     adv = batch.advantages[scored_idx]
     token_adv[scored_idx] = cepo_token_advantages(adv, logp_pos, logp_neg, mask, lam, cfg.epsilon_w)
-    return token_adv, evidence_diagnostics(adv, logp_pos - logp_neg, mask, token_adv[scored_idx], lam, cfg.epsilon_w)
-
-
-def evidence_diagnostics(adv, delta, mask, token_adv, lam, eps_w):
-    """Mean Δ split by sign(A); the fraction of tokens the teachers argue against (sign(A) Δ < 0);
-    how often w hits its clip; mean |Â| before and after the weighting."""
-    valid = mask > 0
-    signed = torch.sign(adv)[:, None] * delta
-    raw_w = torch.exp(signed)
-    stats = {"lambda": lam, "teacher_rows": len(adv),
-             "against_frac": (signed[valid] < 0).float().mean().item(),
-             "w_clip_frac": ((raw_w[valid] < 1 - eps_w) | (raw_w[valid] > 1 + eps_w)).float().mean().item(),
-             "adv_abs_before": adv[:, None].expand_as(mask)[valid].abs().mean().item(),
-             "adv_abs_after": token_adv[valid].abs().mean().item()}
-    for name, sel in (("delta_mean_pos_adv", adv > 0), ("delta_mean_neg_adv", adv < 0)):
-        if sel.any():
-            stats[name] = delta[sel][valid[sel]].mean().item()
-    return stats
-
-
-def hint_contrast(model, tokenizer, rows, cfg):
-    """Does the model read an answer hint? For each row, the log-likelihood of its reference
-    solution under the correct-answer hint minus under a wrong-answer hint (answer + 1).
-    Returns (mean difference per solution, fraction of rows where the correct hint wins)."""
-    instruction = resolve_instruction(cfg)
-    prompts = [prompt_ids(tokenizer, r["question"], instruction) for r in rows]
-    wrong = [wrong_hint(r["answer"]) for r in rows]
-    diff = solution_logprob_gap(model, tokenizer, [r["solution"] for r in rows],
-                                [p + hint_ids(tokenizer, r["answer"], cfg) for p, r in zip(prompts, rows)],
-                                [p + hint_ids(tokenizer, w, cfg) for p, w in zip(prompts, wrong)],
-                                cfg.temperature, cfg.micro_batch_size)
-    return diff.mean().item(), (diff > 0).float().mean().item()
+    return token_adv, diagnostics.evidence_diagnostics(adv, logp_pos - logp_neg, mask, token_adv[scored_idx], lam, cfg.epsilon_w)
 
 
 def hint_check(model, tokenizer, eval_rows, cfg):
-    """The preflight seam: hint_contrast on up to HINT_CHECK_ROWS held-out rows with a reference
-    solution, printed, with a warning when the correct hint does not make the solutions more
-    likely than a wrong one (then the teachers' Δ is noise, and CEPO re-weights at random)."""
-    rows = [r for r in eval_rows if r.get("solution")][:HINT_CHECK_ROWS]
-    if not rows:
-        print("[cepo] hint check skipped: the held-out rows have no reference solutions")
-        return {}
-    nats, wins = hint_contrast(model, tokenizer, rows, cfg)
-    print(f"[cepo] hint check on {len(rows)} held-out solutions: the correct-answer hint makes each {nats:+.2f} nats "
-          f"more likely than a wrong one (wins on {wins:.0%})")
-    if nats <= 0:
-        print("warning: this model does not read CEPO's answer hints (the correct one does not make reference solutions "
-              "more likely); the teachers' evidence will be noise. Try another --hint_template, or a model that reads it",
-              file=sys.stderr)
-    return {"hint_contrast_nats": nats, "hint_contrast_wins": wins}
+    """The preflight seam: before step 1, does the model read the hints? (diagnostics.hint_check)"""
+    return diagnostics.hint_check(model, tokenizer, eval_rows, cfg, hint_ids)
 
 
-def wrong_hint(answer):
-    """hint_contrast's wrong answer for a row's answer: an integer answer plus one, any other answer
-    (or an integer of more digits than Python converts) with a 0 appended. Only ASCII digits count:
-    '²'.isdigit() is true but int('²') fails."""
-    if answer.isascii() and answer.lstrip("-").isdigit():
-        try:
-            return str(int(answer) + 1)
-        except ValueError:  # beyond sys.get_int_max_str_digits()
-            pass
-    return answer + "0"
-
-
-METHOD = {"credit": cepo_credit, "loss_fn": gb.grpo_loss, "preflight": hint_check}  # only the credit changes
+# the seams it replaces: the credit, and a preflight; the credit reads pi_old only as RLSD's P-
+METHOD = {"credit": cepo_credit, "loss_fn": gb.grpo_loss, "preflight": hint_check,
+          "reads_pi_old": lambda cfg: cfg.teacher == "rlsd"}
 
 if __name__ == "__main__":
     gb.main(CEPOConfig, **METHOD)

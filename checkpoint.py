@@ -21,6 +21,8 @@ import torch
 from language_model import first_line
 
 CHECKPOINT, METRICS, LOCK = "checkpoint.pt", "metrics.jsonl", ".lock"
+# options that may differ when a run is resumed (everything else must match the checkpoint)
+RESUMABLE = ("resume", "max_steps", "eval_steps", "save_steps", "overwrite_output_dir", "output_dir")
 RUN_FILES = (CHECKPOINT, CHECKPOINT + ".tmp", METRICS, METRICS + ".tmp", "summary.json", "curves.png", "credit.html", "final")
 
 
@@ -34,6 +36,12 @@ class Run:
     history: list
     state: dict
     lock: object
+
+    def record(self, metrics):
+        """One step's metrics: appended to the history and, as a line, to metrics.jsonl."""
+        self.history.append(metrics)
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(metrics) + "\n")
 
     def close(self):
         self.lock.close()  # releases the flock
@@ -123,7 +131,7 @@ def save_checkpoint(path, model, optimizer, step, cfg):
 def read_checkpoint(path, cfg):
     """The checkpoint's contents, loaded as data only (weights_only: tensors, numbers, strings;
     a pickle that would build any other object is refused before it runs), and checked against
-    cfg: the same method and the same options, except those in cfg.RESUMABLE."""
+    cfg: the same method and the same options, except those in RESUMABLE."""
     try:
         state, why = torch.load(path, map_location="cpu", weights_only=True, mmap=True), "other contents"
     except Exception as e:  # not a torch file, truncated, corrupt, or objects that are not data
@@ -138,7 +146,7 @@ def read_checkpoint(path, cfg):
                          "method that wrote it, or start afresh with --overwrite_output_dir")
     ours = dataclasses.asdict(cfg)
     changed = sorted(k for k in set(state["config"]) | set(ours)
-                     if k not in cfg.RESUMABLE and state["config"].get(k) != ours.get(k))
+                     if k not in RESUMABLE and state["config"].get(k) != ours.get(k))
     if changed:
         raise ValueError(f"--resume: options differ from the checkpoint's in {changed}; resume with the same options")
     return state

@@ -1,8 +1,8 @@
 """The benchmark `./run.sh` runs (and `./run.sh bench`): the credit methods against GRPO and
 against controls that say what a difference means, on the embedded `chain` task.
 
-    python compare.py              # 6 warm starts x 1 RL seed x 6 arms -> results/      (~40 min, 2 cores)
-    python compare.py --full       # 16 warm starts x 1 seed x every arm -> results/full/ (~1.5 h)
+    python compare.py              # 6 warm starts x 1 RL seed x 6 arms -> results/      (< 30 min, 2 cores)
+    python compare.py --full       # 16 warm starts x 1 seed x every arm -> results/full/ (~1.5 h, 2 cores)
     python compare.py --quick      # the same pipeline on a tiny budget (a smoke run, not a result)
     python compare.py --recompute results/   # every number again, from the committed per-step metrics
     python compare.py --bench      # seconds per step by phase and peak memory, one process
@@ -42,13 +42,14 @@ import bench_memory
 import bench_trl
 import cepo
 import controls
+import diagnostics
 import gcpo
 import gold
 import grpo_baseline as gb
 import mc_advantage
 import paired_stats
 from data import evaluate, prompt_ids
-from embedded_task import CONFUSABLE_SHARE, ROLE_NAMES, warm_start
+from embedded_task import ROLE_NAMES, warm_start
 from language_model import load_policy
 from report import PHASES, credit_examples, phase_means, plot_curves, read_metrics, render_credit_html, render_credit_png
 
@@ -103,10 +104,11 @@ def check_warm_start(cfg, out):
     model, tokenizer = load_policy(warm_start(cfg, train_rows, eval_rows, device), cfg, device)
     rows = eval_rows[:100]
     checks = {"seed": cfg.warm_start_seed, "start_acc": evaluate(model, tokenizer, eval_rows, cfg, device, "", gb.task_reward(cfg)),
-              "hint_contrast_nats": cepo.hint_contrast(model, tokenizer, rows, cepo.CEPOConfig(**vars(cfg)))[0]}
+              "hint_contrast_nats": diagnostics.hint_contrast(model, tokenizer, rows, cepo.CEPOConfig(**vars(cfg)),
+                                                              cepo.hint_ids)[0]}
     for negative in ("wrong_answer", "empty_prompt"):
-        checks[f"negative_contrast_{negative}"] = gcpo.negative_contrast(
-            model, tokenizer, rows, gcpo.GCPOConfig(**vars(cfg), negative=negative))
+        checks[f"negative_contrast_{negative}"] = diagnostics.negative_contrast(
+            model, tokenizer, rows, gcpo.GCPOConfig(**vars(cfg), negative=negative), gcpo.negative_prompt)
     checks["failed_checks"] = [k for k, threshold in CHECKS.items() if not checks[k] > threshold]
     with open(os.path.join(out, "checks.json"), "w") as f:
         json.dump(checks, f, indent=1)
@@ -319,6 +321,24 @@ def design(arms):
             **{f"warm_starts_for_mde_{t}": paired_stats.warm_starts_for(t, sd) if sd else None for t in (0.05, 0.03)}}
 
 
+CONTRASTS = (("gold", "sft_gold", "Gold's contrast beyond its supervision"),
+             ("gcpo", "random", "GCPO's placement of its weights beyond their spread"))
+
+
+def contrasts(arms):
+    """The questions the controls exist for, each a paired AUC difference on the same warm starts and
+    seeds, when both arms ran: secondary, outside the Holm family (every arm against GRPO)."""
+    out = {}
+    for a, b, question in CONTRASTS:
+        if a in arms and b in arms:
+            other = {(r["warm_start"], r["seed"]): r["auc"] for r in arms[b]["runs"]}
+            d = paired_stats.paired_comparison(by_warm_start(
+                arms[a]["runs"], [r["auc"] - other[r["warm_start"], r["seed"]] for r in arms[a]["runs"]]))
+            out[f"{a}_vs_{b}"] = {"question": question, "auc_diff": d["mean"], "auc_diff_ci": d["ci"],
+                                  "p_sign_flip": d["p_sign_flip"], "mde": paired_stats.mde(d["sd_w"], d["W"])}
+    return out
+
+
 def verdict(arms):
     """One line per arm: separated from GRPO (Holm-adjusted sign-flip p < 0.05) or not, with the
     MDE beside every 'not separated'."""
@@ -339,13 +359,15 @@ def verdict(arms):
 
 def informative_batch(model, tokenizer, train_rows, cfg, device, tries=20):
     """A rolled-out batch of the first training prompts with some response of A != 0 (the next
-    prompts are tried when a batch has none), sampled with seed 0: the same for every caller."""
+    prompts are tried when a batch has none), sampled with seed 0: the same for every caller;
+    log pi_old scored, for the credits that read it."""
     torch.manual_seed(0)
     for k in range(tries):
         rows = train_rows[k * cfg.prompts_per_step:(k + 1) * cfg.prompts_per_step]
         batch, _, _ = gb.rollout(model, tokenizer, rows, [prompt_ids(tokenizer, r["question"]) for r in rows], cfg, device, None)
         if (batch.advantages != 0).any():
             break
+    batch.old_logp, batch.entropy = gb.score_pi_old(model, batch, cfg)
     return batch
 
 
@@ -371,7 +393,7 @@ def mc_agreement(arms, runs, budget, warm_start_seed, sample, device):
         errors = mc_advantage.mc_standard_errors(values, batch.completion_mask[pick], continuations)
         out = {}
         for name in names:
-            batch.notes, batch.old_logp = None, None
+            batch.notes = None
             token_adv, _ = ARMS[name][2]["credit"](batch, model, tokenizer, method_config(name, **budget), 1)
             out[name] = mc_advantage.agreement(token_adv[pick], mc, batch.completion_mask[pick], errors)
         return out
@@ -424,13 +446,17 @@ def report(results_dir, preset, arms, checks, budget, seeds, mc, minutes):
     """results_dir/summary.md and summary.json from the aggregated arms of a `preset`'s run."""
     for name, m in arms.items():
         m["mc_agreement"] = mc.get(name)
-    text = preamble(preset, arms, budget) + table(arms, checks) + "\n" + verdict(arms)
+    secondary = contrasts(arms)
+    text = preamble(preset, arms, budget) + table(arms, checks) + "\n" + verdict(arms) + "".join(
+        f"- {name.replace('_vs_', ' − ')} ({c['question']}): AUC difference {interval(c, 'auc_diff', True)}, "
+        f"sign-flip p = {c['p_sign_flip']:.3f} (secondary, not adjusted); this design detects {fmt(c['mde'])} or more\n"
+        for name, c in secondary.items())
     with open(os.path.join(results_dir, "summary.md"), "w") as f:
         f.write(text)
     with open(os.path.join(results_dir, "summary.json"), "w") as f:
         json.dump({"preset": preset, "tasks": {"chain": {"budget": budget, "seeds": seeds, "target_gain": TARGET_GAIN, "check_thresholds": CHECKS,
                                        "interval": "t on warm-start means", "design": design(arms),
-                                       "warm_starts": list(checks.values()), "methods": arms}},
+                                       "warm_starts": list(checks.values()), "methods": arms, "contrasts": secondary}},
                    "wall_minutes": minutes}, f, indent=1)
     return text
 

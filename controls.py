@@ -21,7 +21,7 @@ import gcpo
 import gold
 import grpo_baseline as gb
 from embedded_task import CONFUSABLE_SHARE, ground_truth
-from grpo_baseline import opt
+from options import OUTPUT_DIR_HELP, opt
 
 
 def oracle_weights(advantages, mask, first_wrong, contested):
@@ -75,7 +75,7 @@ def sft_gold_credit(batch, model, tokenizer, cfg, step):
 
 @dataclass
 class OracleConfig(gb.GRPOConfig):
-    output_dir: str = opt("runs/oracle", gb.OUTPUT_DIR_HELP)
+    output_dir: str = opt("runs/oracle", OUTPUT_DIR_HELP)
 
     def method_problems(self):
         return [f"--dataset={self.dataset!r}: the oracle reads the embedded task's ground truth; leave --dataset empty"] \
@@ -84,7 +84,7 @@ class OracleConfig(gb.GRPOConfig):
 
 @dataclass
 class RandomConfig(gcpo.GCPOConfig):
-    output_dir: str = opt("runs/random", gb.OUTPUT_DIR_HELP)
+    output_dir: str = opt("runs/random", OUTPUT_DIR_HELP)
 
     def method_problems(self):
         return super().method_problems() + ([f"--num_mini_batches={self.num_mini_batches}: the shuffled credit is drawn "
@@ -93,11 +93,11 @@ class RandomConfig(gcpo.GCPOConfig):
 
 @dataclass
 class SFTGoldConfig(gold.GoldConfig):
-    output_dir: str = opt("runs/sft_gold", gb.OUTPUT_DIR_HELP)
+    output_dir: str = opt("runs/sft_gold", OUTPUT_DIR_HELP)
 
 
 ARMS = {"oracle": (OracleConfig, {**gb.METHOD, "credit": oracle_credit}),
-        "random": (RandomConfig, {"credit": random_credit, "loss_fn": gcpo.gcpo_loss}),
+        "random": (RandomConfig, {"credit": random_credit, "loss_fn": gcpo.gcpo_loss, "reads_pi_old": lambda cfg: True}),
         "sft_gold": (SFTGoldConfig, {**gold.METHOD, "credit": sft_gold_credit})}
 
 if __name__ == "__main__":

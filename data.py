@@ -14,14 +14,31 @@ import os
 import random
 import re
 import sys
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 
 import torch
 
 from language_model import first_line, generate
+from options import opt
 
 DEFAULT_INSTRUCTION = " Let's think step by step and output the final answer after \"####\"."
+
+
+@dataclass
+class DataOptions:
+    """What to train on: GRPOConfig's first options (empty --model and --dataset: the embedded task)."""
+    model: str = opt("", "causal LM id or local path; empty = the embedded tiny Llama (warm-started here)")
+    dataset: str = opt("", "datasets id or local .json/.jsonl/.csv/.parquet file; empty = the embedded arithmetic task")
+    dataset_config: str = opt("", "dataset config name (GSM8K: 'main')")
+    dataset_split: str = opt("train", "split to train on")
+    eval_split: str = opt("test", "held-out split; if the dataset has none, eval_size rows are carved off the train split")
+    question_field: str = opt("question", "row field with the question")
+    answer_field: str = opt("answer", "row field with the answer: a worked solution ending in '#### 42' or '\\boxed{42}', or a bare one-token answer")
+    instruction: str = opt(None, "text appended to every question; default '' on the embedded task, DEFAULT_INSTRUCTION with --model")
+    trust_remote_code: bool = opt(False, "allow a model repo to run its own code")
+    max_prompt_length: int = opt(512, "prompts longer than this (in tokens) are skipped, with a count")
 
 
 _NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?(/\d+)?$")

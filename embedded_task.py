@@ -26,12 +26,27 @@ import random
 import re
 import shutil
 import string
+from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
 
-from data import evaluate, extract_answer
+from data import answer_reward, evaluate, extract_answer, load_rows
 from language_model import completion_logprobs, pad_batch
+from options import opt
+
+
+@dataclass
+class TaskOptions:
+    """The embedded task's options, part of GRPOConfig (used when --model and --dataset are empty)."""
+    cache_dir: str = opt("cache", "where the embedded warm start is cached, keyed by its config")
+    task: str = opt("chain", "embedded task: 'chain' (free tags, 70% confusable facts: the benchmark's) or 'sum' (easier)",
+                    choices=("chain", "sum"))
+    task_operands: int = opt(4, "embedded task: numbers to add per problem")
+    task_max_operand: int = opt(9, "embedded task: operands are drawn from 0..this")
+    warm_start_steps: int = opt(500, "embedded task: supervised steps of the warm start")
+    warm_start_seed: int = opt(0, "embedded task: seed of the warm start (each seed is an independent draw, cached)")
+
 
 # Contexts the later methods score responses under. The embedded warm start teaches all three, so
 # a model trained from scratch can read them as a pretrained LLM reads an instruction.
@@ -253,6 +268,17 @@ def make_arithmetic_task(cfg, train_size=4000):
             seen.add(row["question"])
             rows.append(row)
     return DatasetDict(train=Dataset.from_list(rows[cfg.eval_size:]), test=Dataset.from_list(rows[:cfg.eval_size]))
+
+
+def load_task(cfg):
+    """(train rows, eval rows): --dataset's, or the embedded arithmetic task's when none is given."""
+    return load_rows(cfg, None if cfg.dataset else make_arithmetic_task(cfg))
+
+
+def task_reward(cfg):
+    """reward(response, row) -> (0/1, timed_out): a dataset's final answer, or the embedded task's
+    whole worked chain."""
+    return answer_reward if cfg.dataset else chain_reward
 
 
 def char_tokenizer():

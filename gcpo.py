@@ -1,28 +1,26 @@
 """GCPO: Guidance Contrastive Policy Optimization (Shufan Li et al., 2026, arXiv 2605.29198).
 
-The tokens that matter are the ones whose probability depends on the guidance in the prompt.
-Each sampled token is scored under the real prompt x and under a negative prompt x- (guidance
-contradicted or removed); the tokens where the two disagree most get most of the response's
-advantage. Docs: docs/gcpo.md. As a diff against grpo_baseline.py it replaces the
-token credit (and adds the reference's optional entropy term to the loss):
+The tokens that matter are the ones whose probability depends on the guidance in the prompt:
+each sampled token is scored under the real prompt x and under a negative prompt x-, and the
+tokens where the two disagree most get most of the response's advantage. As a diff against
+grpo_baseline.py it replaces the credit (and `recredit`), and adds an optional entropy term to
+the loss. Docs: docs/gcpo.md.
 
-  (1.1) lp+_t = log pi(y_t | x, y_<t)    the rollout's own teacher-forced log-probs (detached); at
-                                         the first PPO epoch these are the update's forward pass
-  (1.2) lp-_t = log pi(y_t | x-, y_<t)   one extra no-grad forward, micro-batched
+x and x-, exactly as the model reads them:
+  embedded task   x  '7+0+7+8\n'
+                  x- '7+0+7+8 Give a wrong answer.\n'    (--negative empty_prompt: '?+?+?+?\n')
+  chat model      x- is x's user turn + '\n\nNote: Intentionally generate an incorrect answer.'
+                  (empty_prompt: 'Answer the question.' for the question), same chat template
+
+  (1.1) lp+_t = log pi_old(y_t | x, y_<t)  the rollout's log pi_old, scored before the update
+  (1.2) lp-_t = log pi(y_t | x-, y_<t)    one more no-grad forward, micro-batched
   (1.3) d_t = min(10, e^u - u - 1),  u = clamp(lp-_t - lp+_t, -20, 20)      (k3; 0 where they agree)
   (1.4) "hist": p_t = rank of d_t in its response / n,  w_t = p_t^alpha normalised to mean 1,
         alpha = ln(1-y)/ln(1-x) - 1 with x = 0.4, y = 0.8: the top 40% of tokens carry 80% of the weight
   (1.5) Â_{i,t} = A_i * w_{i,t} * m_{i,t}
 
 Weights are >= 0 and average exactly 1 over a response, so sum_t Â = A_i |y_i| as in GRPO: credit
-is moved between tokens, never created. The same weights multiply positive and negative A.
-With more than one optimizer step per rollout (--num_iterations, --num_mini_batches), the
-weights of every mini-batch after the first are recomputed under the current policy (the
-`recredit` seam), as the reference does; at the defaults (one step) lp+ = log pi_old is exact.
-Departures from the reference code (docs/gcpo.md lists them all): ties get their average rank,
-not argsort's arbitrary order, so equal divergences get equal weights and lp+ == lp- everywhere
-reduces GCPO to GRPO exactly; the embedded task's negative prompt is the form its warm start
-teaches (real models get the reference's wording).
+is moved between tokens, never created. docs/gcpo.md lists the departures from the reference code.
 """
 import math
 from dataclasses import dataclass
@@ -31,9 +29,10 @@ import torch
 
 import grpo_baseline as gb
 from data import prompt_ids, resolve_instruction
+from diagnostics import weight_diagnostics
 from embedded_task import EMPTY_QUESTION, WRONG_ANSWER_INSTRUCTION
-from grpo_baseline import opt
-from language_model import completion_logprobs, pad_batch, solution_logprob_gap
+from language_model import completion_logprobs, pad_batch
+from options import OUTPUT_DIR_HELP, opt
 
 TOP_SHARE, TOP_WEIGHT = 0.4, 0.8  # (1.4): x and y
 REFERENCE_WRONG_ANSWER = "\n\nNote: Intentionally generate an incorrect answer."  # the reference's x- wording
@@ -42,21 +41,15 @@ HIST_ALPHA = math.log(1 - TOP_WEIGHT) / math.log(1 - TOP_SHARE) - 1  # ~2.15
 
 @dataclass
 class GCPOConfig(gb.GRPOConfig):
-    output_dir: str = opt("runs/gcpo", gb.OUTPUT_DIR_HELP)
-    negative: str = opt("wrong_answer", "negative prompt x-: 'wrong_answer' (the question plus a request for a wrong "
-                        "answer) or 'empty_prompt' (the question removed: its blank_question, else a generic one)",
-                        choices=("wrong_answer", "empty_prompt"))
-    negative_instruction: str = opt(None, "with --negative wrong_answer, the text appended to the question and "
-                                    "--instruction; default the reference's '\\n\\nNote: Intentionally generate an "
-                                    f"incorrect answer.' with --model, {WRONG_ANSWER_INSTRUCTION!r} on the embedded task "
-                                    "(the form its warm start teaches)")
-    weight_norm: str = opt("hist", "divergence -> weight: 'hist' (rank power, the paper's runs), 'mean' (d / mean d), "
-                           "'softmax' (n * softmax(d / max d / weight_temperature), the reference's code default)",
-                           choices=("hist", "mean", "softmax"))
-    weight_temperature: float = opt(0.1, "temperature of --weight_norm softmax, applied after dividing by the "
-                                    "response's largest divergence")
-    entropy_coef: float = opt(0.0, "the reference's 'entropy penalty': adds coef * mean(-log pi(y_t)); minimising it "
-                              "raises the sampled tokens' probability, i.e. lowers entropy (its scripts: 0.02 for 7B)")
+    output_dir: str = opt("runs/gcpo", OUTPUT_DIR_HELP)
+    negative: str = opt("wrong_answer", "negative prompt x-: 'wrong_answer' (the question and a request for a wrong "
+                        "answer) or 'empty_prompt' (the question removed)", choices=("wrong_answer", "empty_prompt"))
+    negative_instruction: str = opt(None, "with --negative wrong_answer, the request; default the reference's words with "
+                                    f"--model, {WRONG_ANSWER_INSTRUCTION!r} on the embedded task")
+    weight_norm: str = opt("hist", "divergence -> weight: 'hist' (rank power, the paper's), 'mean' (d / mean d), "
+                           "'softmax' (n * softmax(d / max d / weight_temperature))", choices=("hist", "mean", "softmax"))
+    weight_temperature: float = opt(0.1, "temperature of --weight_norm softmax")
+    entropy_coef: float = opt(0.0, "the reference's 'entropy penalty': adds coef * mean(-log pi(y_t)), which lowers entropy")
 
     def method_problems(self):
         bad = []
@@ -121,12 +114,7 @@ def gcpo_token_advantages(adv, logp_pos, logp_neg, mask, norm="hist", temperatur
 
 
 def negative_prompt(tokenizer, row, cfg):
-    """Token ids of x-, the user turn that negative_text builds from the row's question and the
-    instruction. 'wrong_answer': the question, the instruction and a request for a wrong answer
-    (--negative_instruction); 'empty_prompt': the question removed (the row's blank_question, or
-    the reference's generic 'Answer the question.'), the instruction kept. trl_credit.py builds
-    its x- with negative_text too, in whatever prompt form TRL was given.
-    """
+    """Token ids of x-: negative_text's user turn through the chat template, as x's."""
     return prompt_ids(tokenizer, negative_text(row["question"], resolve_instruction(cfg), cfg, row.get("blank_question")))
 
 
@@ -137,9 +125,8 @@ def resolve_negative_instruction(cfg):
 
 
 def negative_logprobs(batch, rows, model, tokenizer, cfg):
-    """(1.2) lp- of the responses `rows` (1-D index tensor): one no-grad, micro-batched forward of
-    x- ⊕ y. Returns (lp- (n, L), the negative prompts' token ids). A group's members share x-, so
-    it is built once per group."""
+    """(1.2) lp- (n, L) of the responses `rows` (1-D index tensor): one no-grad, micro-batched
+    forward of x- ⊕ y; and x-'s token ids, built once per group."""
     G = batch.group_size
     per_group = {g: negative_prompt(tokenizer, batch.rows[g * G], cfg) for g in {i // G for i in rows.tolist()}}
     negatives = [per_group[i // G] for i in rows.tolist()]
@@ -158,21 +145,17 @@ def gcpo_credit(batch, model, tokenizer, cfg, step):
     if not len(live):
         return token_adv, {}
     logp_neg, negatives = negative_logprobs(batch, live, model, tokenizer, cfg)
-    decoded = {}  # for the credit picture, once per group
-    for i, ids in zip(live.tolist(), negatives):
-        g = i // batch.group_size
-        if g not in decoded:
-            decoded[g] = "negative prompt x-: " + repr(tokenizer.decode(ids, skip_special_tokens=True))
-        batch.notes[i] = decoded[g]
+    for i, ids in zip(live.tolist(), negatives):  # for the credit picture
+        batch.notes[i] = "negative prompt x-: " + repr(tokenizer.decode(ids, skip_special_tokens=True))
     mask = batch.completion_mask[live]
-    logp_pos = batch.pi_old()[live]  # (1.1)
+    logp_pos = batch.old_logp[live]  # (1.1): the loop scored it before the credit (reads_pi_old)
     adv = batch.advantages[live]
     token_adv[live] = gcpo_token_advantages(adv, logp_pos, logp_neg, mask, cfg.weight_norm, cfg.weight_temperature)  # (1.5)
     return token_adv, weight_diagnostics(divergence(logp_pos, logp_neg), token_adv[live] / adv[:, None], mask)
 
 
 def gcpo_recredit(batch, idx, model, tokenizer, cfg):
-    """Seam 4: Â of the mini-batch `idx` (1-D index tensor) -> (len(idx), L) under the current
+    """Seam 5: Â of the mini-batch `idx` (1-D index tensor) -> (len(idx), L) under the current
     policy: lp+ (1.1) and lp- (1.2) both re-scored with no grad, then (1.3)-(1.5), as the
     reference recomputes its weights in every mini-batch."""
     live = batch.advantages[idx] != 0
@@ -188,22 +171,6 @@ def gcpo_recredit(batch, idx, model, tokenizer, cfg):
     return token_adv
 
 
-def weight_diagnostics(d, weights, mask):
-    """Divergence statistics, the share of weight on each response's top 40% of tokens, and the
-    entropy of each response's weight distribution (log n when uniform), averaged."""
-    valid = mask > 0
-    n = valid.sum(1)
-    top_k = torch.ceil(TOP_SHARE * n).long()
-    ranked = weights.sort(1, descending=True).values
-    top_share = (ranked * (torch.arange(weights.shape[1], device=d.device)[None] < top_k[:, None])).sum(1) / n
-    q = weights / n[:, None]
-    entropy = -torch.where(valid & (q > 0), q * q.log(), 0.0).sum(1)
-    return {"div_mean": d[valid].mean().item(), "div_max": d[valid].max().item(),
-            "div_zero_frac": (d[valid] == 0).float().mean().item(),
-            "weight_top40_share": top_share.mean().item(), "weight_entropy": entropy.mean().item(),
-            "weight_entropy_uniform": n.float().log().mean().item()}
-
-
 def gcpo_loss(logp, old_logp, token_adv, mask, cfg, normalizer):
     """GRPO's loss plus the reference's optional entropy term (entropy_coef * mean(-log pi))."""
     loss, stats = gb.grpo_loss(logp, old_logp, token_adv, mask, cfg, normalizer)
@@ -212,25 +179,17 @@ def gcpo_loss(logp, old_logp, token_adv, mask, cfg, normalizer):
     return loss, stats
 
 
-def negative_contrast(model, tokenizer, rows, cfg):
-    """Does the model read the negative prompt? The log-likelihood of each row's reference
-    solution under x minus under x- (--negative), averaged: > 0 when x- makes it less likely,
-    i.e. when the guidance the methods contrast actually guides the model."""
-    instruction = resolve_instruction(cfg)
-    return solution_logprob_gap(model, tokenizer, [r["solution"] for r in rows],
-                                [prompt_ids(tokenizer, r["question"], instruction) for r in rows],
-                                [negative_prompt(tokenizer, r, cfg) for r in rows],
-                                cfg.temperature, cfg.micro_batch_size).mean().item()
-
-
 def negative_text(question, instruction, cfg, blank_question=None):
-    """The user turn of x- (see negative_prompt), as text."""
+    """The user turn of x-, as text: 'wrong_answer' appends the request to the question and the
+    instruction; 'empty_prompt' puts the row's blank_question (else EMPTY_QUESTION) in the question's
+    place. trl_credit.py builds its x- with it too."""
     if cfg.negative == "wrong_answer":
         return question + instruction + resolve_negative_instruction(cfg)
     return (blank_question or EMPTY_QUESTION) + instruction
 
 
-METHOD = {"credit": gcpo_credit, "loss_fn": gcpo_loss, "recredit": gcpo_recredit}  # the seams it replaces
+# the seams it replaces; its credit reads log pi_old (lp+), so the loop scores it first
+METHOD = {"credit": gcpo_credit, "loss_fn": gcpo_loss, "recredit": gcpo_recredit, "reads_pi_old": lambda cfg: True}
 
 if __name__ == "__main__":
     gb.main(GCPOConfig, **METHOD)

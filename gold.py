@@ -16,6 +16,13 @@ The choices the paper leaves open are ours: the last slot is replaced; sequence-
 bounds default to GSPO's 3e-4 / 4e-4; a reference that must be truncated is used only if its
 final answer survives the cut. The gold member's old log-probs come from the same teacher-forced
 pass as every other member's (the shared rollout), never from elsewhere.
+
+What the model is trained on in an injected slot, exactly (embedded task): x = '7+0+7+8\n', and the
+response 'pq 7+0=7\nwv 7+7=14\nsp 14+8=22\n#### 22' then the end-of-turn token; a chat model gets
+the dataset's solution (GSM8K's <<48/2=24>> annotations removed) after its assistant header.
+`python gold.py` runs the paper's loss; the benchmark (compare.py) runs Gold with GRPO's token
+loss, so that Gold vs GRPO is the injection alone:
+    python gold.py --ratio_level token --loss_type token-mean --epsilon 0.2 --epsilon_high 0.28
 """
 import re
 from dataclasses import dataclass
@@ -24,13 +31,13 @@ import torch
 
 import grpo_baseline as gb
 from data import reward_fn
-from grpo_baseline import opt
 from language_model import end_of_turn_id
+from options import OUTPUT_DIR_HELP, opt
 
 
 @dataclass
 class GoldConfig(gb.GRPOConfig):
-    output_dir: str = opt("runs/gold", gb.OUTPUT_DIR_HELP)
+    output_dir: str = opt("runs/gold", OUTPUT_DIR_HELP)
     ratio_level: str = opt("sequence", "'sequence': GSPO-style ratio (the paper's); 'token': GRPO's token ratio "
                            "(then pass token-level clip ranges, e.g. --epsilon 0.2 --epsilon_high 0.28)",
                            choices=("sequence", "token"))
@@ -67,8 +74,10 @@ def sequence_ratio(logp, old_logp, mask, max_log=10.0):
 
 
 def gold_loss(logp, old_logp, token_adv, mask, cfg, normalizer):
-    """(3.3) PPO-clip on the sequence ratio, one term per sequence, summed / normalizer (the
-    mini-batch's sequence count). --ratio_level token falls back to GRPO's token loss."""
+    """(3.3) PPO-clip on the sequence ratio, one term per sequence, summed / normalizer: the
+    mini-batch's sequence count, which the update passes under 'seq-mean-token-mean' (hence
+    GoldConfig's check; under 'token-mean' it would be a token count). --ratio_level token falls
+    back to GRPO's token loss."""
     if cfg.ratio_level == "token":
         return gb.grpo_loss(logp, old_logp, token_adv, mask, cfg, normalizer)
     ratio = sequence_ratio(logp, old_logp, mask, cfg.max_log_ratio)

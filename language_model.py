@@ -198,7 +198,7 @@ def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completi
 def solution_logprob_gap(model, tokenizer, solutions, contexts_a, contexts_b, temperature, micro_batch_size):
     """log pi(solution, end of turn | context_a) - log pi(solution, end of turn | context_b) for
     each solution text, (n,): how the methods check that a model reads the contexts they score
-    under (cepo.hint_contrast, gcpo.negative_contrast). Contexts are token-id lists."""
+    under (diagnostics.hint_contrast, diagnostics.negative_contrast). Contexts are token-id lists."""
     end = end_of_turn_id(tokenizer)
     responses = [tokenizer(s, add_special_tokens=False).input_ids + [end] for s in solutions] * 2
     device = next(model.parameters()).device

@@ -179,10 +179,14 @@ def plot_curves(runs, path):
     plt.close(fig)
 
 
-def write_run_report(output_dir, history, last_credit=None):
-    """A finished run's summary.json and curves.png, and its credit.html (the last step's
-    responses coloured by their credit, credit_examples) when given. Returns the summary."""
+def write_run_report(output_dir, history, last_credit=None, model=None, tokenizer=None):
+    """A finished run's summary.json and curves.png, its credit.html (the last step's responses
+    coloured by their credit, credit_examples) when given, and the final model and tokenizer in
+    output_dir/final when given. Returns the summary."""
     name = os.path.basename(output_dir)
+    if model is not None:
+        model.save_pretrained(os.path.join(output_dir, "final"))
+        tokenizer.save_pretrained(os.path.join(output_dir, "final"))
     if last_credit is not None:
         render_credit_html(os.path.join(output_dir, "credit.html"), {name: last_credit})
     summary = summarize(history)

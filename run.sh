@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# ./run.sh         the benchmark: 6 warm starts x 6 arms on the embedded default, writes results/ (~40 min)
-# ./run.sh bench   seconds per step of each method, split by phase, and peak memory
-# ./run.sh test    run the test suite (extra arguments go to pytest)
+# ./run.sh             the benchmark: 6 warm starts x 6 arms on the embedded default, writes results/
+# ./run.sh test        run the test suite (extra arguments go to pytest)
+# ./run.sh gcpo.py ... run one method file (or any script here) in .venv, e.g. ./run.sh gcpo.py --max_steps 20
+# ./run.sh bench       seconds per step of each method, split by phase, and peak memory
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -18,5 +19,6 @@ PY=.venv/bin/python
 case "${1:-}" in
   test) shift; exec "$PY" -m pytest -q tests "$@" ;;
   bench) shift; exec "$PY" compare.py --bench "$@" ;;
+  *.py) exec "$PY" "$@" ;;
   *) exec "$PY" compare.py "$@" ;;  # e.g. ./run.sh --full, ./run.sh --quick
 esac

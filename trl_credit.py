@@ -40,7 +40,8 @@ from trl.trainer.utils import get_callable_name, pad
 
 import grpo_baseline as gb
 from cepo import CEPOConfig, cepo_token_advantages, hint_ids, lambda_at, wrong_answer_hints
-from gcpo import GCPOConfig, divergence, gcpo_token_advantages, negative_text, weight_diagnostics
+from diagnostics import weight_diagnostics
+from gcpo import GCPOConfig, divergence, gcpo_token_advantages, negative_text
 from gold import GoldConfig, inject_gold, reference_response
 
 # The GRPOTrainer methods these subclasses call or override; tests/test_trl_credit.py pins them.

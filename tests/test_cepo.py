@@ -1,12 +1,15 @@
 """CEPO (docs/cepo.md): the evidence weights, the choice of r-, the teachers' alignment."""
 import json
 import os
+from decimal import Decimal
+from fractions import Fraction
 
 import hypothesis.strategies as st
 import torch
 from hypothesis import given
 
 import cepo
+import diagnostics
 import grpo_baseline as gb
 from data import prompt_ids
 from embedded_task import warm_start
@@ -101,7 +104,7 @@ def test_empty_hint_teacher_equals_the_student(tiny_cfg):
     reversed_order = list(range(len(rows) * cfg.num_generations))[::-1]  # a different padding and batching
     teacher = cepo.teacher_logprobs(model, tok, [batch.prompts[i] for i in reversed_order],
                                     batch.completion_ids[reversed_order], batch.completion_mask[reversed_order], cfg)
-    torch.testing.assert_close(teacher.flip(0), batch.pi_old(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(teacher.flip(0), gb.score_pi_old(model, batch, cfg)[0], atol=1e-5, rtol=1e-5)
 
 
 def test_cepo_end_to_end(tiny_cfg):
@@ -126,7 +129,7 @@ def test_hint_check_warns_when_the_model_ignores_the_hint(tiny_cfg, tiny_policy,
     checks = cepo.hint_check(model, tok, eval_rows, cfg)
     assert checks["hint_contrast_nats"] > 0, "the warm start was taught to read the hint"
     assert "warning" not in capsys.readouterr().err
-    monkeypatch.setattr(cepo, "hint_contrast", lambda *a: (-0.4, 0.3))
+    monkeypatch.setattr(diagnostics, "hint_contrast", lambda *a: (-0.4, 0.3))
     assert cepo.hint_check(model, tok, eval_rows, cfg) == {"hint_contrast_nats": -0.4, "hint_contrast_wins": 0.3}
     assert "warning: this model does not read CEPO's answer hints" in capsys.readouterr().err
     assert cepo.hint_check(model, tok, [{**r, "solution": None} for r in eval_rows], cfg) == {}
@@ -140,3 +143,19 @@ def test_hint_template_needs_a_place_for_the_answer():
         assert "--hint_template" in str(e) and "{answer}" in str(e)
     else:
         raise AssertionError("a hint without the answer was accepted")
+
+
+@given(st.one_of(st.integers(-10**30, 10**30).map(str),
+                 st.decimals(allow_nan=False, allow_infinity=False, places=4).map(str),
+                 st.tuples(st.integers(-99, 99), st.integers(1, 99)).map(lambda f: f"{f[0]}/{f[1]}"),
+                 st.text(min_size=1, max_size=12)))
+def test_the_hint_checks_wrong_answer_always_has_another_value(answer):
+    """hint_contrast contrasts the right hint with a wrong one: for a number, the wrong one is worth
+    exactly one more (so '3.5' never becomes '3.50', the same value); any other text gets ' + 1'."""
+    wrong = diagnostics.wrong_hint(answer)
+    try:
+        right = Fraction(Decimal(answer)) if "/" not in answer else Fraction(answer)
+    except (ValueError, ArithmeticError):
+        assert wrong == answer + " + 1"
+        return
+    assert (Fraction(Decimal(wrong)) if "/" not in wrong else Fraction(wrong)) == right + 1, wrong

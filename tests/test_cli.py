@@ -121,3 +121,39 @@ def test_compare_refuses_before_training_what_would_hang_or_crash_it(argv, probl
     with pytest.raises(SystemExit) as exit_info:
         compare.main()
     assert exit_info.value.code == 2 and problem in capsys.readouterr().err
+
+
+SCRIPTS = {"grpo_baseline.py": gb.GRPOConfig, "gcpo.py": gcpo.GCPOConfig, "cepo.py": cepo.CEPOConfig, "gold.py": gold.GoldConfig}
+
+
+def printed_method_commands():
+    """Every `python <method>.py ...` and `./run.sh <method>.py ...` line in a bash block of the
+    README and docs/: (page, script, argv), continuation lines joined and comments dropped."""
+    import re
+    import shlex
+    pages = ["README.md"] + [os.path.join("docs", f) for f in sorted(os.listdir(os.path.join(ROOT, "docs"))) if f.endswith(".md")]
+    for page in pages:
+        with open(os.path.join(ROOT, page), encoding="utf-8") as f:
+            blocks = re.findall(r"```bash\n(.*?)```", f.read(), flags=re.S)
+        for line in "\n".join(blocks).replace("\\\n", " ").split("\n"):
+            words = shlex.split(line, comments=True)
+            for launcher in (["python"], ["./run.sh"]):
+                if words[:1] == launcher and len(words) > 1 and words[1] in SCRIPTS:
+                    yield page, words[1], words[2:]
+
+
+def test_every_method_command_the_docs_print_parses():
+    """The commands a reader copies (the README's first screen, each page's Usage) are valid options."""
+    commands = list(printed_method_commands())
+    assert ("README.md", "gcpo.py", ["--max_steps", "20"]) in commands
+    assert {script for _, script, _ in commands} == set(SCRIPTS)
+    for page, script, argv in commands:
+        if argv != ["--help"]:
+            gb.parse_config(SCRIPTS[script], argv)  # exits with the flag named if it does not parse
+
+
+def test_run_sh_runs_a_method_file_as_the_readme_prints_it():
+    out = subprocess.run(["bash", "run.sh", "gcpo.py", "--max_steps", "20", "--help"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "--weight_norm" in out.stdout

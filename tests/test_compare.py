@@ -69,6 +69,19 @@ def test_paired_differences_holm_mde_tables_and_verdict():
     assert "- gcpo beats GRPO: AUC difference +0.038" in compare.verdict(one)  # one comparison: 2/64 < 0.05
 
 
+def test_the_controls_contrasts_are_the_paired_differences_of_their_arms():
+    """gold − sft_gold and gcpo − random, on the same warm starts and seeds: with GRPO's runs shared,
+    the difference of the two arms' differences from GRPO; absent when a control did not run."""
+    histories = benchmark(0.05, noise=0.01, W=4, S=2)
+    histories["random"] = {k: [{**m, "eval_acc": m["eval_acc"] - 0.02} if "eval_acc" in m and m["step"] else m for m in h]
+                           for k, h in histories["gcpo"].items()}
+    arms = compare.aggregate(histories)
+    c = compare.contrasts(arms)["gcpo_vs_random"]
+    assert math.isclose(c["auc_diff"], arms["gcpo"]["auc_diff_vs_grpo"] - arms["random"]["auc_diff_vs_grpo"])
+    assert math.isclose(c["auc_diff"], 0.02 * 3 / 4) and c["auc_diff_ci"][1] - c["auc_diff_ci"][0] < 1e-9
+    assert list(compare.contrasts(arms)) == ["gcpo_vs_random"]  # no sft_gold ran: no Gold contrast
+
+
 def test_preamble_says_when_the_design_cannot_separate_any_arm():
     arms = compare.aggregate(benchmark(0.05, noise=0.01))
     assert "cannot separate any arm" in compare.preamble("default", arms, compare.BUDGET)

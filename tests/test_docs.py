@@ -55,3 +55,37 @@ def test_nothing_points_outside_the_repository():
                     if OUTSIDE in f.read():
                         offenders.append(os.path.relpath(path, ROOT))
     assert not offenders, f"files that point outside the repository: {offenders}"
+
+
+def prose(page):
+    """(line number, paragraph) pairs of a page's prose: fenced code, inline code and link targets
+    removed (a link keeps its label), so what is left is what a reader sees as text."""
+    with open(os.path.join(ROOT, page), encoding="utf-8") as f:
+        text = re.sub(r"```.*?```", lambda m: "\n" * m.group(0).count("\n"), f.read(), flags=re.S)
+    start = 1
+    for block in re.split(r"(\n\s*\n)", text):
+        if block.strip():
+            yield start, LINK.sub(r"\1", re.sub(r"`[^`]*`", "code", block))
+        start += block.count("\n")
+
+
+INTERVAL = re.compile(r"[\[(][^()\[\]\n]*,[^()\[\]\n]*[\])]")  # [0, 1), (0, 1]: a half-open interval is not a typo
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_parentheses_and_brackets_balance(page):
+    """A '(' opened and never closed, or a ')' left over after a link (rendered '(1.1))'), is a
+    typo a reader sees; checked per paragraph (or table row), once intervals are set aside."""
+    for line, block in prose(page):
+        for row in (block.split("\n") if block.lstrip().startswith("|") else [block]):
+            text = row
+            while INTERVAL.search(text):
+                text = INTERVAL.sub("", text)
+            depth = {"(": 0, "[": 0}
+            for ch in text:
+                if ch in "([":
+                    depth[ch] += 1
+                elif ch in ")]":
+                    depth["(" if ch == ")" else "["] -= 1
+                    assert min(depth.values()) >= 0, f"{page}:{line}: a stray '{ch}' in {row.strip()[:160]!r}"
+            assert depth == {"(": 0, "[": 0}, f"{page}:{line}: an unclosed bracket in {row.strip()[:160]!r}"

@@ -18,6 +18,7 @@ from hypothesis import example, given, settings, strategies as st
 from transformers import AutoTokenizer
 
 import cepo
+import diagnostics
 import data
 import gold
 from data import check_answer, extract_answer, load_rows, normalize_answer
@@ -175,8 +176,8 @@ def test_the_hooks_take_every_row_the_loader_accepts(tokenizer, lines):
         return torch.zeros(len(solutions))
 
     if rows:
-        with mock.patch.object(cepo, "solution_logprob_gap", gap):
-            cepo.hint_contrast(None, tokenizer, rows, cepo.CEPOConfig(model="qwen"))
+        with mock.patch.object(diagnostics, "solution_logprob_gap", gap):
+            diagnostics.hint_contrast(None, tokenizer, rows, cepo.CEPOConfig(model="qwen"), cepo.hint_ids)
         assert len(contexts) == len(rows) and all(right != wrong for right, wrong in contexts)
     for row in rows:
         gold.reference_response(tokenizer, row, gold.GoldConfig(max_completion_length=64))

@@ -166,6 +166,7 @@ def rolled_out(tiny_cfg, tiny_policy, **overrides):
     batch, _, _ = gb.rollout(model, tok, rows, [prompt_ids(tok, r["question"]) for r in rows], cfg,
                              torch.device("cpu"), None)
     assert (batch.advantages != 0).any()
+    batch.old_logp, batch.entropy = gb.score_pi_old(model, batch, cfg)  # as the loop does for GCPO (reads_pi_old)
     return cfg, model, tok, batch
 
 

@@ -6,6 +6,7 @@ import os
 import pytest
 import torch
 
+import dynamic_sampling
 import grpo_baseline as gb
 from data import DEFAULT_INSTRUCTION, prompt_ids
 from embedded_task import char_tokenizer, warm_start
@@ -43,8 +44,7 @@ def test_a_few_steps_of_grpo_train_and_log(tiny_cfg):
 def test_one_step_per_rollout_takes_pi_old_from_the_update_pass(tiny_cfg, tiny_policy):
     """At one optimizer step per rollout no scoring pass runs before the update (as TRL): the
     update's own log-probs, detached, are log pi_old. The step and the recorded log pi_old and
-    entropy equal those of a batch scored beforehand, to float tolerance; with two PPO epochs the
-    rollout scores before the update, since the ratio then needs pi_old after pi has moved."""
+    entropy equal those of a batch scored beforehand, to float tolerance."""
     cfg = tiny_cfg()
     model, tok, rows, _ = tiny_policy(cfg)
     rows = rows[:cfg.prompts_per_step]
@@ -53,7 +53,7 @@ def test_one_step_per_rollout_takes_pi_old_from_the_update_pass(tiny_cfg, tiny_p
     batch, times, _ = gb.rollout(model, tok, rows, prompts, cfg, torch.device("cpu"), None)
     assert batch.old_logp is None and times["t_score"] == 0.0
     scored = copy.copy(batch)
-    scored.old_logp, scored.entropy = (t.clone() for t in batch.score())
+    scored.old_logp, scored.entropy = gb.score_pi_old(model, batch, cfg)
     token_adv = gb.grpo_token_advantages(batch.advantages, batch.completion_mask)
     models = {}
     for name, b in (("lazy", batch), ("scored", scored)):
@@ -64,8 +64,24 @@ def test_one_step_per_rollout_takes_pi_old_from_the_update_pass(tiny_cfg, tiny_p
     for a, b in zip(models["lazy"].parameters(), models["scored"].parameters()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
     assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), models["lazy"].parameters()))
-    epochs, _, _ = gb.rollout(model, tok, rows, prompts, tiny_cfg(num_iterations=2), torch.device("cpu"), None)
-    assert epochs.old_logp is not None
+
+
+def test_the_loop_scores_pi_old_before_the_credit_exactly_when_it_is_read(tiny_cfg, tmp_path):
+    """log pi_old is scored before the credit when the method's credit reads it (reads_pi_old) or
+    the update takes several optimizer steps (the ratio then needs pi_old after pi has moved);
+    otherwise it is left to the update's first pass."""
+    seen = []
+
+    def spy(batch, *args):
+        seen.append(batch.old_logp is not None)
+        return gb.grpo_credit(batch, *args)
+    for overrides, reads, scored in (({}, False, False), ({}, True, True), ({"num_iterations": 2}, False, True),
+                                     ({"num_mini_batches": 2}, False, True)):
+        seen.clear()
+        cfg = tiny_cfg(max_steps=1, eval_steps=10, output_dir=str(tmp_path / f"{len(overrides)}{reads}{sorted(overrides)}"),
+                       **overrides)
+        gb.train(cfg, credit=spy, reads_pi_old=lambda cfg: reads)
+        assert seen == [scored], (overrides, reads)
 
 
 def test_the_chain_task_logs_credit_against_its_ground_truth(tiny_cfg):
@@ -189,10 +205,10 @@ def test_keep_informative_groups_prefers_mixed_groups_and_keeps_the_batch_size()
                 [f"t{width}"] * n, torch.tensor(rewards), torch.ones(n, dtype=torch.bool))
 
     pool = [fake([1.0, 1.0, 0.0, 1.0], 3), fake([0.0, 0.0, 1.0, 0.0], 5)]  # groups: right, mixed | wrong, mixed
-    (rows, prompts, ids, mask, texts, rewards, sampled), stats = gb.keep_informative_groups(pool, 2, G, pad)
+    (rows, prompts, ids, mask, texts, rewards, sampled), stats = dynamic_sampling.keep_informative_groups(pool, 2, G, pad)
     assert rewards.tolist() == [0.0, 1.0, 1.0, 0.0] and stats["informative_groups"] == 2
     assert ids.shape == (4, 5) and mask[:2, 3:].sum() == 0 and ids[0, 3:].tolist() == [pad, pad]
-    (_, _, ids, _, _, rewards, _), stats = gb.keep_informative_groups(pool[:1], 2, G, pad)  # too few: topped up
+    (_, _, ids, _, _, rewards, _), stats = dynamic_sampling.keep_informative_groups(pool[:1], 2, G, pad)  # too few: topped up
     assert rewards.tolist() == [0.0, 1.0, 1.0, 1.0] and stats["informative_groups"] == 1 and ids.shape == (4, 3)
 
 

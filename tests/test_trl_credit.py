@@ -20,6 +20,7 @@ from datasets import Dataset  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
+import diagnostics  # noqa: E402
 import grpo_baseline as gb  # noqa: E402
 import train_trl  # noqa: E402
 import trl_credit  # noqa: E402
@@ -179,7 +180,7 @@ def test_gcpo_hands_trl_our_token_advantages(warm, tmp_path, norm):
     logged = t._metrics["train"]
     assert logged["gcpo/contrast_rows"] == [1.0]
     weights = out["advantages"][live] / A[live, None]
-    top = gcpo.weight_diagnostics(torch.ones_like(weights), weights, mask[live])["weight_top40_share"]
+    top = diagnostics.weight_diagnostics(torch.ones_like(weights), weights, mask[live])["weight_top40_share"]
     assert logged["gcpo/weight_top40_share"] == [pytest.approx(top, rel=1e-5)] and top > 0.4
 
 

@@ -1,0 +1,132 @@
+"""What the training loop and the benchmark measure beyond the loss: each step's credit and entropy
+statistics (and, on the embedded task, the credit each token role got against the ground truth),
+the methods' own diagnostics (GCPO's weight spread, CEPO's teacher evidence), and the checks that a
+model reads the contexts a method scores under (CEPO's hints, GCPO's negative prompt).
+Nothing here changes what a run computes; docs/metrics.md explains every key."""
+import sys
+from decimal import Decimal, localcontext
+from fractions import Fraction
+
+import torch
+
+from data import prompt_ids, resolve_instruction
+from embedded_task import CONFUSABLE_SHARE, credit_ground_truth, ground_truth
+from language_model import solution_logprob_gap, stop_ids, unfinished
+from report import peak_memory_mb
+
+TOP_SHARE = 0.4  # weight_top40_share: the share of a response's weight on its top 40% of tokens
+HINT_CHECK_ROWS = 64  # held-out solutions CEPO's preflight scores
+
+
+def step_metrics(batch, token_adv, model, tokenizer, cfg, device):
+    """One RL step's statistics of the batch and its credit: reward, length, entropy (of the
+    policy's own samples only: not Gold's references), mean |A| and |Â|, all-equal groups, peak
+    memory, and on the embedded task the mean credit of each token role (credit_ground_truth)."""
+    valid, own, mask = batch.completion_mask > 0, batch.sampled, batch.completion_mask
+    metrics = {"reward": batch.rewards[own].mean().item(), "response_length": mask[own].sum(1).mean().item(),
+               "sampled_tokens": int(mask[own].sum()),
+               "empty_responses": sum(not batch.texts[i].strip() for i in own.nonzero().squeeze(1).tolist()),
+               "truncated": unfinished(batch.completion_ids, mask, stop_ids(model))[own].sum().item(),
+               "entropy": ((batch.entropy * batch.completion_mask)[own].sum() / batch.completion_mask[own].sum()).item(),
+               "adv_abs_mean": batch.advantages.abs().mean().item(),
+               "token_adv_abs_mean": token_adv[valid].abs().mean().item(),
+               "zero_adv_groups": (batch.advantages.view(-1, batch.group_size).abs().sum(1) == 0).sum().item(),
+               "peak_mem_mb": peak_memory_mb(device)}
+    if not (cfg.model or cfg.dataset):  # the embedded task knows which tokens decide the reward
+        labels = ground_truth(batch.completion_ids, batch.completion_mask, batch.rows, tokenizer, CONFUSABLE_SHARE[cfg.task])
+        metrics.update(credit_ground_truth(labels, batch.advantages, token_adv, batch.completion_mask, batch.entropy))
+    return metrics
+
+
+def weight_diagnostics(d, weights, mask):
+    """GCPO: divergence statistics, the share of weight on each response's top 40% of tokens, and
+    the entropy of each response's weight distribution (log n when uniform), averaged.
+    d, weights, mask (n, L)."""
+    valid = mask > 0
+    n = valid.sum(1)
+    top_k = torch.ceil(TOP_SHARE * n).long()
+    ranked = weights.sort(1, descending=True).values
+    top_share = (ranked * (torch.arange(weights.shape[1], device=d.device)[None] < top_k[:, None])).sum(1) / n
+    q = weights / n[:, None]
+    entropy = -torch.where(valid & (q > 0), q * q.log(), 0.0).sum(1)
+    return {"div_mean": d[valid].mean().item(), "div_max": d[valid].max().item(),
+            "div_zero_frac": (d[valid] == 0).float().mean().item(),
+            "weight_top40_share": top_share.mean().item(), "weight_entropy": entropy.mean().item(),
+            "weight_entropy_uniform": n.float().log().mean().item()}
+
+
+def evidence_diagnostics(adv, delta, mask, token_adv, lam, eps_w):
+    """CEPO: mean Δ split by sign(A); the fraction of tokens the teachers argue against
+    (sign(A) Δ < 0); how often w hits its clip; mean |Â| before and after the weighting.
+    adv (n,); delta, mask, token_adv (n, L)."""
+    valid = mask > 0
+    signed = torch.sign(adv)[:, None] * delta
+    raw_w = torch.exp(signed)
+    stats = {"lambda": lam, "teacher_rows": len(adv),
+             "against_frac": (signed[valid] < 0).float().mean().item(),
+             "w_clip_frac": ((raw_w[valid] < 1 - eps_w) | (raw_w[valid] > 1 + eps_w)).float().mean().item(),
+             "adv_abs_before": adv[:, None].expand_as(mask)[valid].abs().mean().item(),
+             "adv_abs_after": token_adv[valid].abs().mean().item()}
+    for name, sel in (("delta_mean_pos_adv", adv > 0), ("delta_mean_neg_adv", adv < 0)):
+        if sel.any():
+            stats[name] = delta[sel][valid[sel]].mean().item()
+    return stats
+
+
+def hint_contrast(model, tokenizer, rows, cfg, hint_ids):
+    """Does the model read an answer hint? For each row, the log-likelihood of its reference
+    solution under the correct-answer hint minus under a wrong-answer hint (wrong_hint).
+    hint_ids(tokenizer, answer, cfg) -> token ids (cepo.hint_ids).
+    Returns (mean difference per solution, fraction of rows where the correct hint wins)."""
+    instruction = resolve_instruction(cfg)
+    prompts = [prompt_ids(tokenizer, r["question"], instruction) for r in rows]
+    wrong = [wrong_hint(r["answer"]) for r in rows]
+    diff = solution_logprob_gap(model, tokenizer, [r["solution"] for r in rows],
+                                [p + hint_ids(tokenizer, r["answer"], cfg) for p, r in zip(prompts, rows)],
+                                [p + hint_ids(tokenizer, w, cfg) for p, w in zip(prompts, wrong)],
+                                cfg.temperature, cfg.micro_batch_size)
+    return diff.mean().item(), (diff > 0).float().mean().item()
+
+
+def hint_check(model, tokenizer, eval_rows, cfg, hint_ids):
+    """CEPO's preflight: hint_contrast on up to HINT_CHECK_ROWS held-out rows with a reference
+    solution, printed, with a warning when the correct hint does not make the solutions more
+    likely than a wrong one (then the teachers' Δ is noise, and CEPO re-weights at random)."""
+    rows = [r for r in eval_rows if r.get("solution")][:HINT_CHECK_ROWS]
+    if not rows:
+        print("[cepo] hint check skipped: the held-out rows have no reference solutions")
+        return {}
+    nats, wins = hint_contrast(model, tokenizer, rows, cfg, hint_ids)
+    print(f"[cepo] hint check on {len(rows)} held-out solutions: the correct-answer hint makes each {nats:+.2f} nats "
+          f"more likely than a wrong one (wins on {wins:.0%})")
+    if nats <= 0:
+        print("warning: this model does not read CEPO's answer hints (the correct one does not make reference solutions "
+              "more likely); the teachers' evidence will be noise. Try another --hint_template, or a model that reads it",
+              file=sys.stderr)
+    return {"hint_contrast_nats": nats, "hint_contrast_wins": wins}
+
+
+def wrong_hint(answer):
+    """hint_contrast's wrong answer: the right one plus 1, written as it is (an integer, a decimal,
+    a fraction), or ' + 1' after any other answer, so its value always differs."""
+    for parse in (int, Decimal, Fraction):  # int first: exact at any length Python converts
+        try:
+            value = parse(answer)
+        except (ValueError, ArithmeticError):
+            continue
+        if not isinstance(value, Decimal) or value.is_finite():
+            with localcontext() as exact:
+                exact.prec = len(answer) + 2  # no rounding: 1 + 0.000...01 stays exact
+                return str(value + 1)
+    return answer + " + 1"
+
+
+def negative_contrast(model, tokenizer, rows, cfg, negative_prompt):
+    """Does the model read GCPO's negative prompt? The log-likelihood of each row's reference
+    solution under x minus under x- (negative_prompt(tokenizer, row, cfg) -> token ids),
+    averaged: > 0 when x- makes it less likely, i.e. when the guidance GCPO contrasts guides."""
+    instruction = resolve_instruction(cfg)
+    return solution_logprob_gap(model, tokenizer, [r["solution"] for r in rows],
+                                [prompt_ids(tokenizer, r["question"], instruction) for r in rows],
+                                [negative_prompt(tokenizer, r, cfg) for r in rows],
+                                cfg.temperature, cfg.micro_batch_size).mean().item()
