@@ -1,7 +1,7 @@
 """The benchmark `./run.sh` runs (and `./run.sh bench`): the credit methods against GRPO and
 against controls that say what a difference means, on the embedded `chain` task.
 
-    python compare.py              # 6 warm starts x 1 RL seed x 6 arms -> results/      (< 30 min, 2 cores)
+    python compare.py              # 6 warm starts x 1 RL seed x 6 arms -> results/      (~30 min, 2 cores)
     python compare.py --full       # 16 warm starts x 1 seed x every arm -> results/full/ (~1.5 h, 2 cores)
     python compare.py --quick      # the same pipeline on a tiny budget (a smoke run, not a result)
     python compare.py --recompute results/   # every number again, from the committed per-step metrics
