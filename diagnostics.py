@@ -9,7 +9,7 @@ from fractions import Fraction
 
 import torch
 
-from data import prompt_ids, resolve_instruction
+from data import EXACT_DIGITS, prompt_ids, resolve_instruction
 from embedded_task import CONFUSABLE_SHARE, credit_ground_truth, ground_truth
 from language_model import solution_logprob_gap, stop_ids, unfinished
 from report import peak_memory_mb
@@ -108,16 +108,21 @@ def hint_check(model, tokenizer, eval_rows, cfg, hint_ids):
 
 def wrong_hint(answer):
     """hint_contrast's wrong answer: the right one plus 1, written as it is (an integer, a decimal,
-    a fraction), or ' + 1' after any other answer, so its value always differs."""
+    a fraction), or ' + 1' after any other answer (or a number too long to add 1 to exactly), so its
+    value always differs."""
     for parse in (int, Decimal, Fraction):  # int first: exact at any length Python converts
         try:
             value = parse(answer)
         except (ValueError, ArithmeticError):
             continue
-        if not isinstance(value, Decimal) or value.is_finite():
-            with localcontext() as exact:
-                exact.prec = len(answer) + 2  # no rounding: 1 + 0.000...01 stays exact
-                return str(value + 1)
+        if not isinstance(value, Decimal):
+            return str(value + 1)
+        digits = abs(value.adjusted()) + len(answer) + 2  # enough for value + 1 exactly: 1E+50 + 1, 1E-30 + 1
+        if not value.is_finite() or digits > EXACT_DIGITS:
+            break
+        with localcontext() as exact:
+            exact.prec = digits
+            return str(value + 1)
     return answer + " + 1"
 
 

@@ -125,30 +125,31 @@ def resolve_negative_instruction(cfg):
 
 
 def negative_logprobs(batch, rows, model, tokenizer, cfg):
-    """(1.2) lp- (n, L) of the responses `rows` (1-D index tensor): one no-grad, micro-batched
-    forward of x- ⊕ y; and x-'s token ids, built once per group."""
+    """(1.2) lp- (n, L) of the responses `rows` (1-D indices): one no-grad, micro-batched
+    forward of x- ⊕ y; and {group: x-'s token ids}, one per group."""
     G = batch.group_size
     per_group = {g: negative_prompt(tokenizer, batch.rows[g * G], cfg) for g in {i // G for i in rows.tolist()}}
     negatives = [per_group[i // G] for i in rows.tolist()]
     ids, ids_mask, _, _ = pad_batch(negatives, [[]] * len(negatives), tokenizer.pad_token_id, rows.device)
     logp_neg, _ = completion_logprobs(model, ids, ids_mask, batch.completion_ids[rows], batch.completion_mask[rows],
                                       cfg.temperature, cfg.micro_batch_size)  # (1.2)
-    return logp_neg, negatives
+    return logp_neg, per_group
 
 
 def gcpo_credit(batch, model, tokenizer, cfg, step):
-    """The credit seam: lp- for every response with A != 0 (the others get no credit whatever
-    their weights), lp+ = log pi_old, then (1.3)-(1.5)."""
+    """Seam 3: lp- for the responses with A != 0 (no others get credit), lp+ = log pi_old,
+    then (1.3)-(1.5)."""
     live = (batch.advantages != 0).nonzero().squeeze(1)
     token_adv = torch.zeros_like(batch.completion_mask)
     batch.notes = [""] * len(batch.rows)
     if not len(live):
         return token_adv, {}
-    logp_neg, negatives = negative_logprobs(batch, live, model, tokenizer, cfg)
-    for i, ids in zip(live.tolist(), negatives):  # for the credit picture
-        batch.notes[i] = "negative prompt x-: " + repr(tokenizer.decode(ids, skip_special_tokens=True))
+    logp_neg, x_minus = negative_logprobs(batch, live, model, tokenizer, cfg)
+    shown = {g: "negative prompt x-: " + repr(tokenizer.decode(ids, skip_special_tokens=True)) for g, ids in x_minus.items()}
+    for i in live.tolist():  # the credit picture's notes
+        batch.notes[i] = shown[i // batch.group_size]
     mask = batch.completion_mask[live]
-    logp_pos = batch.old_logp[live]  # (1.1): the loop scored it before the credit (reads_pi_old)
+    logp_pos = batch.old_logp[live]  # (1.1), scored by the loop (reads_pi_old)
     adv = batch.advantages[live]
     token_adv[live] = gcpo_token_advantages(adv, logp_pos, logp_neg, mask, cfg.weight_norm, cfg.weight_temperature)  # (1.5)
     return token_adv, weight_diagnostics(divergence(logp_pos, logp_neg), token_adv[live] / adv[:, None], mask)

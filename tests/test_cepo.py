@@ -148,6 +148,7 @@ def test_hint_template_needs_a_place_for_the_answer():
 @given(st.one_of(st.integers(-10**30, 10**30).map(str),
                  st.decimals(allow_nan=False, allow_infinity=False, places=4).map(str),
                  st.tuples(st.integers(-99, 99), st.integers(1, 99)).map(lambda f: f"{f[0]}/{f[1]}"),
+                 st.tuples(st.integers(-999, 999), st.integers(-60, 60)).map(lambda m: f"{m[0]}E{m[1]}"),
                  st.text(min_size=1, max_size=12)))
 def test_the_hint_checks_wrong_answer_always_has_another_value(answer):
     """hint_contrast contrasts the right hint with a wrong one: for a number, the wrong one is worth
