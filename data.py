@@ -334,19 +334,22 @@ def unusable(value, field):
     return None
 
 
-def prompt_ids(tokenizer, question, instruction=""):
-    """Token ids of the prompt for `question`: the chat template when the tokenizer has one."""
-    content = question + instruction
+def prompt_ids(tokenizer, question, instruction="", example=None):
+    """Token ids of the prompt for `question`: the chat template when the tokenizer has one.
+    `example`, a (question, worked answer) pair (a row's, word_task.EXAMPLE), goes first as an earlier
+    exchange, its question with the same instruction."""
+    turns = [(example[0] + instruction, example[1])] if example else []
     if tokenizer.chat_template:
-        return tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                             tokenize=True, return_dict=False)
-    return tokenizer(content + "\n").input_ids
+        messages = [{"role": role, "content": text} for q, a in turns for role, text in (("user", q), ("assistant", a))]
+        return tokenizer.apply_chat_template(messages + [{"role": "user", "content": question + instruction}],
+                                             add_generation_prompt=True, tokenize=True, return_dict=False)
+    return tokenizer("".join(f"{q}\n{a}\n\n" for q, a in turns) + question + instruction + "\n").input_ids
 
 
 def encode_prompts(tokenizer, rows, instruction, max_length):
     """(rows, prompt token ids) for the rows whose prompt fits in max_length tokens; the others are
     skipped and counted."""
-    prompts = [prompt_ids(tokenizer, r["question"], instruction) for r in rows]
+    prompts = [prompt_ids(tokenizer, r["question"], instruction, r.get("example")) for r in rows]
     keep = [i for i, p in enumerate(prompts) if len(p) <= max_length]
     if len(keep) < len(prompts):
         print(f"[data] skipped {len(prompts) - len(keep)} prompts longer than --max_prompt_length {max_length}",
@@ -363,6 +366,6 @@ def resolve_instruction(cfg):
 @torch.no_grad()
 def evaluate(model, tokenizer, rows, cfg, device, instruction, reward):
     """Greedy held-out accuracy under reward(response, row) -> (reward, timed_out)."""
-    prompts = [prompt_ids(tokenizer, r["question"], instruction) for r in rows]
+    prompts = [prompt_ids(tokenizer, r["question"], instruction, r.get("example")) for r in rows]
     _, _, texts = generate(model, tokenizer, prompts, cfg, device, greedy=True)
     return sum(reward(t, r)[0] for t, r in zip(texts, rows)) / len(rows)

@@ -13,6 +13,7 @@ from data import EXACT_DIGITS, prompt_ids, resolve_instruction
 from embedded_task import CONFUSABLE_SHARE, credit_ground_truth, ground_truth
 from language_model import solution_logprob_gap, stop_ids, unfinished
 from report import peak_memory_mb
+from word_task import WORD_ROLES, credit_by_role, token_roles
 
 TOP_SHARE = 0.4  # weight_top40_share: the share of a response's weight on its top 40% of tokens
 HINT_CHECK_ROWS = 64  # held-out solutions CEPO's preflight scores
@@ -21,7 +22,8 @@ HINT_CHECK_ROWS = 64  # held-out solutions CEPO's preflight scores
 def step_metrics(batch, token_adv, model, tokenizer, cfg, device):
     """One RL step's statistics of the batch and its credit: reward, length, entropy (of the
     policy's own samples only: not Gold's references), mean |A| and |Â|, all-equal groups, peak
-    memory, and on the embedded task the mean credit of each token role (credit_ground_truth)."""
+    memory, and the mean credit of each token role: against the ground truth on the embedded task
+    (credit_ground_truth), by what the token holds on the words task (word_task.credit_by_role)."""
     valid, own, mask = batch.completion_mask > 0, batch.sampled, batch.completion_mask
     metrics = {"reward": batch.rewards[own].mean().item(), "response_length": mask[own].sum(1).mean().item(),
                "sampled_tokens": int(mask[own].sum()),
@@ -35,6 +37,9 @@ def step_metrics(batch, token_adv, model, tokenizer, cfg, device):
     if not (cfg.model or cfg.dataset):  # the embedded task knows which tokens decide the reward
         labels = ground_truth(batch.completion_ids, batch.completion_mask, batch.rows, tokenizer, CONFUSABLE_SHARE[cfg.task])
         metrics.update(credit_ground_truth(labels, batch.advantages, token_adv, batch.completion_mask, batch.entropy))
+    elif not cfg.dataset:  # the words task: what each kind of token (sums, answer, operands, text) was credited
+        roles = token_roles(tokenizer, batch.completion_ids, batch.completion_mask)
+        metrics.update(credit_by_role(roles, batch.advantages, token_adv, batch.completion_mask))
     return metrics
 
 
@@ -79,7 +84,7 @@ def hint_contrast(model, tokenizer, rows, cfg, hint_ids):
     hint_ids(tokenizer, answer, cfg) -> token ids (cepo.hint_ids).
     Returns (mean difference per solution, fraction of rows where the correct hint wins)."""
     instruction = resolve_instruction(cfg)
-    prompts = [prompt_ids(tokenizer, r["question"], instruction) for r in rows]
+    prompts = [prompt_ids(tokenizer, r["question"], instruction, r.get("example")) for r in rows]
     wrong = [wrong_hint(r["answer"]) for r in rows]
     diff = solution_logprob_gap(model, tokenizer, [r["solution"] for r in rows],
                                 [p + hint_ids(tokenizer, r["answer"], cfg) for p, r in zip(prompts, rows)],
@@ -126,12 +131,22 @@ def wrong_hint(answer):
     return answer + " + 1"
 
 
+def contrast_by_role(model, tokenizer, rows, contexts_a, contexts_b, cfg):
+    """On the words task: the mean log-likelihood gap of the reference solutions' tokens under
+    contexts_a minus contexts_b (token-id lists, one per row), for each token role
+    (word_task.WORD_ROLES): where a context changes what the model predicts. {role: nats per token}."""
+    gap, ids, mask = solution_logprob_gap(model, tokenizer, [r["solution"] for r in rows], contexts_a, contexts_b,
+                                          cfg.temperature, cfg.micro_batch_size, per_token=True)
+    roles = token_roles(tokenizer, ids, mask)
+    return {name: gap[roles == k].mean().item() for k, name in enumerate(WORD_ROLES) if (roles == k).any()}
+
+
 def negative_contrast(model, tokenizer, rows, cfg, negative_prompt):
     """Does the model read GCPO's negative prompt? The log-likelihood of each row's reference
     solution under x minus under x- (negative_prompt(tokenizer, row, cfg) -> token ids),
     averaged: > 0 when x- makes it less likely, i.e. when the guidance GCPO contrasts guides."""
     instruction = resolve_instruction(cfg)
     return solution_logprob_gap(model, tokenizer, [r["solution"] for r in rows],
-                                [prompt_ids(tokenizer, r["question"], instruction) for r in rows],
+                                [prompt_ids(tokenizer, r["question"], instruction, r.get("example")) for r in rows],
                                 [negative_prompt(tokenizer, r, cfg) for r in rows],
                                 cfg.temperature, cfg.micro_batch_size).mean().item()

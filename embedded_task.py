@@ -34,6 +34,7 @@ from tqdm import tqdm
 from data import answer_reward, evaluate, extract_answer, load_rows
 from language_model import completion_logprobs, pad_batch
 from options import opt
+from word_task import make_word_task
 
 
 @dataclass
@@ -271,14 +272,17 @@ def make_arithmetic_task(cfg, train_size=4000):
 
 
 def load_task(cfg):
-    """(train rows, eval rows): --dataset's, or the embedded arithmetic task's when none is given."""
+    """(train rows, eval rows): --dataset's; with none, a pretrained --model's sums in words
+    (word_task.py), or the embedded model's arithmetic task."""
+    if not cfg.dataset and cfg.model:
+        return make_word_task(cfg)
     return load_rows(cfg, None if cfg.dataset else make_arithmetic_task(cfg))
 
 
 def task_reward(cfg):
-    """reward(response, row) -> (0/1, timed_out): a dataset's final answer, or the embedded task's
-    whole worked chain."""
-    return answer_reward if cfg.dataset else chain_reward
+    """reward(response, row) -> (0/1, timed_out): the final answer (a dataset's, the words task's),
+    or the embedded task's whole worked chain."""
+    return answer_reward if cfg.dataset or cfg.model else chain_reward
 
 
 def char_tokenizer():

@@ -114,8 +114,11 @@ def gcpo_token_advantages(adv, logp_pos, logp_neg, mask, norm="hist", temperatur
 
 
 def negative_prompt(tokenizer, row, cfg):
-    """Token ids of x-: negative_text's user turn through the chat template, as x's."""
-    return prompt_ids(tokenizer, negative_text(row["question"], resolve_instruction(cfg), cfg, row.get("blank_question")))
+    """Token ids of x-: negative_text's user turn through the chat template, as x's, after x's worked
+    example when the row has one (x and x- differ in the last question alone)."""
+    instruction, example = resolve_instruction(cfg), row.get("example")
+    return prompt_ids(tokenizer, negative_text(row["question"], instruction, cfg, row.get("blank_question")),
+                      example=example and (example[0] + instruction, example[1]))
 
 
 def resolve_negative_instruction(cfg):

