@@ -161,7 +161,8 @@ def run_all(arms, warm_starts, seeds, runs_dir, jobs, budget, threads=1):
             os.makedirs(out, exist_ok=True)
             options = {**budget, "warm_start_seed": w, "output_dir": out}
             if kind == "warm":
-                cmd = [sys.executable, __file__, "--check_warm_start", *cli(options)]
+                cmd = [sys.executable, "compare.py", "--check_warm_start", *cli(options)]  # relative, as the runs': done.json
+                # holds it, and a committed run (the real tier's) must resume in a clone anywhere
             else:
                 seed, data_seed = run_seeds(kind, w, s)
                 options.update(seed=seed, data_seed=data_seed, save_steps=budget["max_steps"], **SAME_LOSS_AS_GRPO.get(kind, {}))

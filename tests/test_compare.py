@@ -2,6 +2,7 @@
 runs take minutes; tests/test_paired_stats.py checks the statistics' calibration)."""
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -170,6 +171,7 @@ def test_a_killed_benchmark_resumes_without_rerunning_what_finished(tmp_path, mo
     budget = {**compare.BUDGET, "max_steps": 2}
     compare.run_all(["grpo", "gcpo"], [0], [0], "runs", 1, budget)
     assert len(launched) == 3 and all((tmp_path / "runs/warm0" / d / "done.json").exists() for d in ("checks", "grpo_seed0", "gcpo_seed0"))
+    assert not any(os.path.isabs(a) for cmd in launched for a in cmd[1:])  # done.json is the same in a clone anywhere
     first = list(launched)
     launched.clear()
     (tmp_path / "runs/warm0/gcpo_seed0/done.json").unlink()  # killed before it finished
