@@ -72,7 +72,7 @@ BUDGET = {"warm_start_steps": 500, "max_steps": 30, "eval_steps": 10, "eval_size
 # start, so the unit is the RL seed. Sized for a 2-core CPU, one run at a time on both cores: see README.
 REAL_BUDGET = {"model": "smollm2-135m-instruct", "max_steps": 12, "eval_steps": 6, "eval_size": 200,
                "prompts_per_step": 2, "num_generations": 8, "max_completion_length": 48, "temperature": 0.7,
-               "learning_rate": 5e-5, "micro_batch_size": 16}
+               "learning_rate": 1e-5, "micro_batch_size": 16}
 REAL_CHECK_SIZE = 500
 PRESETS = {  # warm starts, RL seeds, arms, budget overrides, results folder
     "default": (range(6), [0], ["grpo", "aa", "oracle", "gcpo", "cepo", "gold"], {}, ""),
@@ -136,6 +136,9 @@ def check_warm_start(cfg, out):
         json.dump(checks, f, indent=1)
 
 
+RL_ONLY = ("learning_rate", "max_steps", "eval_steps", "prompts_per_step", "num_generations")
+
+
 def run_all(arms, warm_starts, seeds, runs_dir, jobs, budget, threads=1):
     """Build and check every warm start, then train every arm from each with every seed:
     subprocesses, `jobs` at a time, `threads` each (on the tiny model two single-threaded runs do
@@ -160,8 +163,9 @@ def run_all(arms, warm_starts, seeds, runs_dir, jobs, budget, threads=1):
             out = os.path.join(runs_dir, f"warm{w}", "checks" if kind == "warm" else f"{kind}_seed{s}")
             os.makedirs(out, exist_ok=True)
             options = {**budget, "warm_start_seed": w, "output_dir": out}
-            if kind == "warm":
-                cmd = [sys.executable, "compare.py", "--check_warm_start", *cli(options)]  # relative, as the runs': done.json
+            if kind == "warm":  # without the RL options, which no check reads: a new learning rate reruns no check
+                checked = {k: v for k, v in options.items() if k not in RL_ONLY}
+                cmd = [sys.executable, "compare.py", "--check_warm_start", *cli(checked)]  # relative, as the runs': done.json
                 # holds it, and a committed run (the real tier's) must resume in a clone anywhere
             else:
                 seed, data_seed = run_seeds(kind, w, s)

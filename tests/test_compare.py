@@ -178,8 +178,11 @@ def test_a_killed_benchmark_resumes_without_rerunning_what_finished(tmp_path, mo
     compare.run_all(["grpo", "gcpo"], [0], [0], "runs", 1, budget)
     assert launched == [first[2]]
     launched.clear()
-    compare.run_all(["grpo", "gcpo"], [0], [0], "runs", 1, {**budget, "max_steps": 3})  # other options: all again
-    assert len(launched) == 3  # the warm-start check takes the budget too
+    compare.run_all(["grpo", "gcpo"], [0], [0], "runs", 1, {**budget, "max_steps": 3, "learning_rate": 1e-5})
+    assert len(launched) == 2 and not any("--check_warm_start" in cmd for cmd in launched)  # RL options: the runs again
+    launched.clear()
+    compare.run_all(["grpo", "gcpo"], [0], [0], "runs", 1, {**budget, "max_steps": 3, "learning_rate": 1e-5, "eval_size": 50})
+    assert len(launched) == 3  # an option a check reads: the check too
 
 
 def test_with_one_pretrained_start_the_unit_is_the_rl_seed_and_the_summary_is_the_words_task(tmp_path):

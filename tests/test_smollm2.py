@@ -9,6 +9,8 @@ import sys
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import cepo
 import gcpo
@@ -17,7 +19,7 @@ import grpo_baseline as gb
 import language_model
 from data import DEFAULT_INSTRUCTION, answer_reward, prompt_ids
 from language_model import end_of_turn_id, generate, load_policy, resolve_model, stop_ids, unfinished
-from word_task import EXAMPLE, make_word_task, word_problem
+from word_task import EXAMPLE, WORD_ROLES, credit_by_role, make_word_task, token_roles, word_problem
 
 NAME = "smollm2-135m-instruct"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -110,3 +112,39 @@ def test_the_documented_command_trains_one_step_offline_and_resumes(tmp_path):
         assert "quantization_config" not in json.load(f)
     final = AutoModelForCausalLM.from_pretrained(out / "final")
     assert type(final).__name__ == "LlamaForCausalLM"
+
+
+@settings(max_examples=30)
+@given(st.lists(st.integers(0, 999), min_size=2, max_size=4))
+def test_token_roles_name_every_digit_of_a_worked_sum(smollm2, nums):
+    """In the worked solution of any sum, the digits after each '=' are the sums, those after '####'
+    the answer, the numbers before '+' and '=' operands, and every token without a digit is text."""
+    _, tok = smollm2
+    lines, total = [], nums[0]
+    for n in nums[1:]:
+        lines.append(f"{total} + {n} = {total + n}")
+        total += n
+    text = "\n".join(lines) + f"\n#### {total}"
+    ids = tok(text, add_special_tokens=False).input_ids + [end_of_turn_id(tok)]
+    roles = token_roles(tok, torch.tensor([ids]), torch.ones(1, len(ids)))[0].tolist()
+    named = {}
+    for i, role in zip(ids, roles):
+        piece = tok.decode([i])
+        named.setdefault(WORD_ROLES[role], []).append(piece)
+        assert (WORD_ROLES[role] == "text") == (not any(c.isdigit() for c in piece))
+    assert "".join(named["answer"]) == str(total)
+    assert "".join(named["sum"]) == "".join(line.split("= ")[1] for line in lines)
+    assert "".join(named["operand"]) == "".join(line.split(" = ")[0].replace(" + ", "") for line in lines)
+
+
+def test_credit_by_role_is_one_everywhere_for_grpo_and_the_weighted_mean_otherwise():
+    roles = torch.tensor([[0, 1, 2, 3, -1], [3, 2, 0, 0, 3]])
+    mask = (roles >= 0).float()
+    adv = torch.tensor([1.5, -0.5])
+    uniform = credit_by_role(roles, adv, adv[:, None] * mask, mask)
+    assert set(uniform) == {f"credit_{s}_{r}" for s, r in (("pos", "sum"), ("pos", "answer"), ("pos", "operand"),
+                                                          ("pos", "text"), ("neg", "sum"), ("neg", "operand"), ("neg", "text"))}
+    assert all(v == 1.0 for v in uniform.values())
+    weights = torch.tensor([[2.0, 1.0, 0.5, 0.5, 0.0], [1.0, 1.0, 3.0, 1.0, 1.0]])
+    weighted = credit_by_role(roles, adv, adv[:, None] * weights * mask, mask)
+    assert weighted["credit_pos_sum"] == 2.0 and weighted["credit_neg_sum"] == 2.0 and weighted["credit_neg_text"] == 1.0
