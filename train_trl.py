@@ -14,6 +14,7 @@ import argparse
 import sys
 from dataclasses import dataclass, field
 
+import torch
 from datasets import Dataset
 from safetensors import SafetensorError
 from transformers import AutoConfig, AutoTokenizer, HfArgumentParser
@@ -138,6 +139,9 @@ def main(argv=None):
         run.save_state()  # trainer_state.json: the logged metrics, step by step
     except ValueError as e:  # bad input: name the problem, no traceback
         sys.exit(f"error: {e}")
+    finally:  # a process group left to the interpreter's exit can abort it ("terminate called without an active exception")
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
