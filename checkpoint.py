@@ -15,6 +15,7 @@ import json
 import os
 import random
 import shutil
+import tempfile
 
 import torch
 
@@ -61,12 +62,14 @@ def open_run(cfg):
     out = cfg.output_dir
     if cfg.resume and cfg.overwrite_output_dir:
         raise ValueError("--resume and --overwrite_output_dir contradict each other: pass one")
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"--output_dir {out} is a file, not a directory; choose another --output_dir")
-    os.makedirs(out, exist_ok=True)
+    make_dir(out)
     lock = take_lock(out)
     try:
         ckpt_path, metrics_path = os.path.join(out, CHECKPOINT), os.path.join(out, METRICS)
+        for path in (ckpt_path, metrics_path):  # a pipe or device there would block the read forever
+            if os.path.exists(path) and not os.path.isfile(path):
+                raise ValueError(f"--output_dir {out}: {path} is not a regular file; remove it or choose another "
+                                 "--output_dir")
         if cfg.overwrite_output_dir:
             for path in (os.path.join(out, name) for name in RUN_FILES):
                 if os.path.isdir(path):
@@ -87,6 +90,26 @@ def open_run(cfg):
     except BaseException:
         lock.close()
         raise
+
+
+def make_dir(path, flag="--output_dir"):
+    """Create the folder `path` if needed and check that a file can be written in it; otherwise one
+    ValueError naming the flag, the path and the reason (empty, a file, a link to nothing, a
+    read-only place, a name too long), before any work."""
+    if not path:
+        raise ValueError(f"{flag} is empty; name a folder")
+    if os.path.islink(path) and not os.path.exists(path):
+        raise ValueError(f"{flag} {path} is a link to {os.readlink(path)}, which does not exist; create that "
+                         f"folder or choose another {flag}")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{flag} {path} is a file, not a directory; choose another {flag}")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte, or text the file system cannot encode
+        why = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)
+        raise ValueError(f"{flag} {path!r}: cannot write there ({why}); choose another {flag}") from None
 
 
 def take_lock(out):
@@ -140,6 +163,9 @@ def read_checkpoint(path, cfg):
             and isinstance(state["config"], dict)):
         raise ValueError(f"--resume: {path} is not a checkpoint of this project ({why}); start afresh with "
                          "--overwrite_output_dir")
+    damaged = damage(state)
+    if damaged:
+        raise ValueError(f"--resume: {path} is damaged ({damaged}); start afresh with --overwrite_output_dir")
     method = state.get("method", type(cfg).__name__)
     if method != type(cfg).__name__:
         raise ValueError(f"--resume: {path} is a {method} run, not a {type(cfg).__name__} one; resume it with the "
@@ -150,6 +176,21 @@ def read_checkpoint(path, cfg):
     if changed:
         raise ValueError(f"--resume: options differ from the checkpoint's in {changed}; resume with the same options")
     return state
+
+
+def damage(state):
+    """What makes a loaded checkpoint unusable before any of it is applied, or "". The loop saves only
+    after a step, so the step is an int >= 1 (a step of -1 would resume by emptying the history); the
+    RNG states must be ones torch and Python accept (tried on throwaway generators)."""
+    if type(state["step"]) is not int or state["step"] < 1:
+        return f"its step is {state['step']!r}, not a step number >= 1"
+    rng = state["rng"]
+    try:
+        torch.Generator().set_state(rng["torch"])
+        random.Random().setstate(rng["python"])
+    except (TypeError, ValueError, RuntimeError, KeyError) as e:
+        return f"its random-number state is not one torch and Python accept: {first_line(e)}"
+    return ""
 
 
 def restore(state, model, optimizer):

@@ -34,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
+import zlib
 
 import torch
 from tqdm import tqdm
@@ -50,7 +51,7 @@ import mc_advantage
 import paired_stats
 from data import evaluate, prompt_ids, resolve_instruction
 from embedded_task import ROLE_NAMES, warm_start
-from language_model import load_policy
+from language_model import first_line, load_policy
 from report import PHASES, credit_examples, phase_means, plot_curves, read_metrics, render_credit_html, render_credit_png
 from word_task import WORD_ROLES
 
@@ -114,23 +115,24 @@ def check_warm_start(cfg, out):
     train_rows, eval_rows = gb.load_task(cfg)
     model, tokenizer = load_policy(cfg.model or warm_start(cfg, train_rows, eval_rows, device), cfg, device)
     rows, cepo_cfg = eval_rows[:100], cepo.CEPOConfig(**vars(cfg))
-    nats, wins = diagnostics.hint_contrast(model, tokenizer, rows, cepo_cfg, cepo.hint_ids)
     checks = {"seed": cfg.warm_start_seed, "start_acc": evaluate(model, tokenizer, eval_rows, cfg, device,
-                                                                 resolve_instruction(cfg), gb.task_reward(cfg)),
-              "hint_contrast_nats": nats}
-    for negative in ("wrong_answer", "empty_prompt"):
-        checks[f"negative_contrast_{negative}"] = diagnostics.negative_contrast(
-            model, tokenizer, rows, gcpo.GCPOConfig(**vars(cfg), negative=negative), gcpo.negative_prompt)
-    if cfg.model:  # where each context acts, per token role of the reference solutions (word_task.WORD_ROLES)
+                                                                 resolve_instruction(cfg), gb.task_reward(cfg))}
+    negatives = {n: gcpo.GCPOConfig(**vars(cfg), negative=n) for n in ("wrong_answer", "empty_prompt")}
+    if not cfg.model:
+        checks["hint_contrast_nats"] = diagnostics.hint_contrast(model, tokenizer, rows, cepo_cfg, cepo.hint_ids)[0]
+        for n, gcpo_cfg in negatives.items():
+            checks[f"negative_contrast_{n}"] = diagnostics.negative_contrast(model, tokenizer, rows, gcpo_cfg,
+                                                                               gcpo.negative_prompt)
+    else:  # the same gaps, each from one per-token pass that also says where it acts, by token role (word_task.WORD_ROLES)
         prompts = [prompt_ids(tokenizer, r["question"], resolve_instruction(cfg), r.get("example")) for r in rows]
-        checks["hint_contrast_wins"] = wins
-        checks["hint_contrast_by_role"] = diagnostics.contrast_by_role(
+        gaps, checks["hint_contrast_by_role"] = diagnostics.contrast_by_role(  # diagnostics.hint_contrast's contexts
             model, tokenizer, rows, [p + cepo.hint_ids(tokenizer, r["answer"], cepo_cfg) for p, r in zip(prompts, rows)],
             [p + cepo.hint_ids(tokenizer, diagnostics.wrong_hint(r["answer"]), cepo_cfg) for p, r in zip(prompts, rows)], cfg)
-        for negative in ("wrong_answer", "empty_prompt"):
-            gcpo_cfg = gcpo.GCPOConfig(**vars(cfg), negative=negative)
-            checks[f"negative_contrast_by_role_{negative}"] = diagnostics.contrast_by_role(
+        checks["hint_contrast_nats"], checks["hint_contrast_wins"] = gaps.mean().item(), (gaps > 0).float().mean().item()
+        for n, gcpo_cfg in negatives.items():  # diagnostics.negative_contrast's contexts
+            gaps, checks[f"negative_contrast_by_role_{n}"] = diagnostics.contrast_by_role(
                 model, tokenizer, rows, prompts, [gcpo.negative_prompt(tokenizer, r, gcpo_cfg) for r in rows], cfg)
+            checks[f"negative_contrast_{n}"] = gaps.mean().item()
     checks["failed_checks"] = [k for k, threshold in CHECKS.items() if not checks[k] > threshold]
     with open(os.path.join(out, "checks.json"), "w") as f:
         json.dump(checks, f, indent=1)
@@ -472,15 +474,35 @@ def write_metrics(path, histories):
 
 
 def read_metrics_file(path):
-    """write_metrics' file back as {arm: {(warm start, seed): per-step metrics}}."""
+    """write_metrics' file back as {arm: {(warm start, seed): per-step metrics}}; a ValueError naming
+    the line that is not one of its records."""
     histories = {}
     with gzip.open(path, "rt") as f:
-        for line in f:
-            m = json.loads(line)
-            arm, w, s = m.pop("arm"), m.pop("warm_start"), m.pop("seed")
+        for i, line in enumerate(f, 1):
+            try:
+                m = json.loads(line)
+                arm, w, s = m.pop("arm"), m.pop("warm_start"), m.pop("seed")
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                raise ValueError(f"line {i} is not a benchmark record ({type(e).__name__}: {first_line(e)})") from None
             histories.setdefault(arm, {}).setdefault((w, s), []).append(m)
     return histories
 
+
+def check_histories(histories, task):
+    """A ValueError naming the first run the summary could not rest on: every arm needs the same
+    runs (every warm start by every seed of the summary), each with every step from 0 to max_steps
+    in order and an evaluation at the first and last (else an AUC or a pairing silently changes)."""
+    runs = sorted((c["seed"], s) for c in task["warm_starts"] for s in task["seeds"])
+    steps = list(range(task["budget"]["max_steps"] + 1))
+    if "grpo" not in histories:
+        raise ValueError("it has no grpo runs to compare against")
+    for arm, hs in histories.items():
+        if sorted(hs) != runs:
+            raise ValueError(f"{arm} has runs (warm start, seed) {sorted(hs)}, not the summary's {runs}")
+        for (w, s), h in hs.items():
+            if [m.get("step") for m in h] != steps or "eval_acc" not in h[0] or "eval_acc" not in h[-1]:
+                raise ValueError(f"{arm} warm start {w} seed {s}: its records are not steps 0 to {steps[-1]} in order "
+                                 "with an evaluation at both ends")
 
 def report(results_dir, preset, arms, checks, budget, seeds, mc, minutes):
     """results_dir/summary.md and summary.json from the aggregated arms of a `preset`'s run."""
@@ -577,11 +599,11 @@ def preamble(preset, arms, budget):
     """What a reader must know before the table: the design, and what it can and cannot separate."""
     d = design(arms)
     floor = d["smallest_p_sign_flip"] * d["arms_compared"]
-    units = "warm starts" if d["unit"] == "warm_start" else "RL seeds"
+    units, unit = ("warm starts", "warm-start") if d["unit"] == "warm_start" else ("RL seeds", "RL-seed")
     text = (f"{d['warm_starts']} warm starts x {d['seeds_per_warm_start']} RL seed(s) x {len(arms)} arms; budget {budget}. "
             if d["unit"] == "warm_start" else
             f"One pretrained start x {d['warm_starts']} RL seeds (the unit) x {len(arms)} arms; budget {budget}. ")
-    text += (f"Primary metric: AUC. Intervals: 95% t on {units[:-1]} means (df = {d['warm_starts'] - 1}). "
+    text += (f"Primary metric: AUC. Intervals: 95% t on {unit} means (df = {d['warm_starts'] - 1}). "
              f"The smallest sign-flip p with {d['warm_starts']} {units} is {d['smallest_p_sign_flip']:.4f}")
     if floor > 0.05:
         text += (f", {floor:.3f} after Holm over {d['arms_compared']} arms: this design cannot separate any arm from GRPO, "
@@ -601,7 +623,7 @@ def main():
     parser.add_argument("--warm_starts", type=int, nargs="+", help="warm-start seeds (default: the preset's)")
     parser.add_argument("--seeds", type=int, nargs="+", help="RL seeds, each run from every warm start (default: the preset's)")
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), help="arms to run (default: the preset's; grpo is required)")
-    parser.add_argument("--jobs", type=int, default=2, help="runs at once, one thread each")
+    parser.add_argument("--jobs", type=int, help="runs at once, one thread each (default 2; --real: 1 run on every core)")
     parser.add_argument("--runs_dir", default="runs", help="where each run's checkpoints and metrics go")
     parser.add_argument("--results_dir", default="results", help="where the summary goes (a preset adds its folder)")
     parser.add_argument("--recompute", metavar="DIR", help="rewrite DIR's summary from its committed metrics.jsonl.gz")
@@ -615,8 +637,15 @@ def main():
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.full + args.quick + args.real > 1:
         parser.error("--full, --quick, --real: choose one preset")
-    if args.jobs < 1:
+    if args.jobs is not None and args.jobs < 1:
         parser.error(f"--jobs {args.jobs}: must be >= 1")
+    # the real model's runs take every core each (a 30-layer model: one two-threaded run beats two single-threaded
+    # ones), and keep their runs beside the results so that the tier resumes in any clone
+    if args.real and args.jobs not in (None, 1):
+        parser.error(f"--jobs {args.jobs}: --real runs one run at a time on every core; leave --jobs out")
+    if args.real and args.runs_dir != "runs":
+        parser.error("--runs_dir: --real keeps its runs in results/smollm2/runs/ (committed, to resume anywhere); "
+                     "leave --runs_dir out, or move the tier with --results_dir")
     if args.bench:
         return bench()
     if args.recompute:
@@ -634,12 +663,10 @@ def main():
     budget = {**BUDGET, **overrides}
     # the default's runs are --full's first ones (same budget, seeds and warm starts): one folder, reused
     results_dir = os.path.normpath(os.path.join(args.results_dir, folder))
-    # the real tier spans sessions: its runs' metrics are kept (and committed) beside its results, so it resumes anywhere
     runs_dir = os.path.join(results_dir, "runs") if preset == "real" else \
         os.path.join(args.runs_dir, "chain", "quick" if preset == "quick" else "")
     start = time.time()
-    # the real model's runs take both cores each (a 30-layer model: one two-threaded run beats two single-threaded)
-    jobs = 1 if preset == "real" else args.jobs
+    jobs = 1 if preset == "real" else args.jobs or 2
     checks, runs = run_all(arms, warm_starts, seeds, runs_dir, jobs, budget, threads=os.cpu_count() if preset == "real" else 1)
     histories = {a: {(w, s): read_metrics(out) for w, s, out in rs} for a, rs in runs.items()}
     summary = aggregate(histories)
@@ -662,15 +689,21 @@ def main():
 def recompute(results_dir, parser):
     """Every number of results_dir's summary again from its metrics.jsonl.gz; what needs the models
     (the warm-start checks, the Monte-Carlo agreement) and the wall time are read from its summary.json."""
+    metrics = os.path.join(results_dir, "metrics.jsonl.gz")
     try:
-        histories = read_metrics_file(os.path.join(results_dir, "metrics.jsonl.gz"))
         with open(os.path.join(results_dir, "summary.json")) as f:
             old = json.load(f)
         task = old["tasks"][TASKS[old["preset"]]]
-    except (OSError, ValueError, KeyError) as e:
-        parser.error(f"--recompute {results_dir}: needs the metrics.jsonl.gz and summary.json a benchmark run wrote there ({e})")
-    if "grpo" not in histories:
-        parser.error(f"--recompute {results_dir}: metrics.jsonl.gz has no grpo runs to compare against")
+        task["budget"]["max_steps"], task["seeds"], task["warm_starts"][0]["seed"], old["wall_minutes"]
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+        parser.error(f"--recompute {results_dir}: needs the summary.json a benchmark run wrote there "
+                     f"({type(e).__name__}: {first_line(e)})")
+    try:
+        histories = read_metrics_file(metrics)
+        check_histories(histories, task)
+    except (OSError, EOFError, zlib.error, ValueError) as e:  # missing, not gzip, cut short, damaged, incomplete
+        parser.error(f"--recompute {results_dir}: {metrics}: {first_line(e) or type(e).__name__}; rewrite it with the "
+                     "benchmark run (summary.json and summary.md are left as they were)")
     summary = aggregate(histories)
     mc = {a: m.get("mc_agreement") for a, m in task["methods"].items()}
     text = report(results_dir, old["preset"], summary, {c["seed"]: c for c in task["warm_starts"]}, task["budget"],

@@ -331,6 +331,10 @@ def unusable(value, field):
         return f"missing {field}"
     if isinstance(value, bool) or not isinstance(value, (str, int, float, Decimal)):
         return f"{field} is a {type(value).__name__}, not text or a number"
+    try:
+        str(value).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate ('\\ud800'): no tokenizer takes it
+        return f"{field} holds a character that is not Unicode text (a lone surrogate)"
     return None
 
 

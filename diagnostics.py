@@ -132,14 +132,14 @@ def wrong_hint(answer):
 
 
 def contrast_by_role(model, tokenizer, rows, contexts_a, contexts_b, cfg):
-    """On the words task: the mean log-likelihood gap of the reference solutions' tokens under
-    contexts_a minus contexts_b (token-id lists, one per row), for each token role
-    (word_task.WORD_ROLES): where a context changes what the model predicts. {role: nats per token}."""
+    """On the words task, one scoring pass: the log-likelihood gap of each row's reference solution
+    under contexts_a minus contexts_b (token-id lists, one per row), whole (n,) as
+    solution_logprob_gap gives it, and its mean per token of each role (word_task.WORD_ROLES):
+    where a context changes what the model predicts. (gaps, {role: nats per token})."""
     gap, ids, mask = solution_logprob_gap(model, tokenizer, [r["solution"] for r in rows], contexts_a, contexts_b,
                                           cfg.temperature, cfg.micro_batch_size, per_token=True)
     roles = token_roles(tokenizer, ids, mask)
-    return {name: gap[roles == k].mean().item() for k, name in enumerate(WORD_ROLES) if (roles == k).any()}
-
+    return (gap * mask).sum(1), {name: gap[roles == k].mean().item() for k, name in enumerate(WORD_ROLES) if (roles == k).any()}
 
 def negative_contrast(model, tokenizer, rows, cfg, negative_prompt):
     """Does the model read GCPO's negative prompt? The log-likelihood of each row's reference

@@ -117,6 +117,9 @@ def sample(model, tokenizer, rows, prompts, cfg, device, stats):
     checked = [reward_of(t, r) for t, r in zip(texts, rows)]
     stats["verify_timeouts"] = stats.get("verify_timeouts", 0) + sum(timed_out for _, timed_out in checked)
     rewards = torch.tensor([reward for reward, _ in checked], device=device)
+    if not torch.isfinite(rewards).all():  # one NaN makes every advantage NaN, and every update is skipped
+        raise ValueError(f"the reward function returned {rewards[~torch.isfinite(rewards)][0].item()} for a response; "
+                         "rewards must be finite numbers")
     return rows, prompts, completion_ids, mask, texts, rewards
 
 

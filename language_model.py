@@ -54,6 +54,9 @@ def load_policy(path, cfg, device):
         del model.config.quantization_config
     if tokenizer.eos_token_id is None:
         raise ValueError(f"--model {path}: the tokenizer has no EOS token, so responses cannot end")
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        raise ValueError(f"--model {path}: the tokenizer has {len(tokenizer)} tokens but the model embeds "
+                         f"{model.get_input_embeddings().num_embeddings}; give the tokenizer the model was trained with")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token  # pad = eos is handled: see completion_mask
     model.generation_config.eos_token_id = collect_stop_ids(model, tokenizer)

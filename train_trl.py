@@ -11,6 +11,9 @@ prompt is the question plus the instruction, as one user turn when the tokenizer
 template; the reward is 1 when the completion's final answer equals the reference (math-verify).
 """
 import argparse
+import gc
+import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 
@@ -22,6 +25,7 @@ from transformers.hf_argparser import string_to_bool
 from trl import GRPOConfig, GRPOTrainer
 
 import grpo_baseline as gb
+from checkpoint import make_dir
 from data import load_rows, prompt_ids, resolve_instruction, reward_fn
 from language_model import check_context, first_line
 from trl_credit import CEPOTrainer, GCPOTrainer, GoldTrainer
@@ -40,6 +44,8 @@ class Script:
     answer_field: str = field(default="answer", metadata={"help": "row field with the answer (a solution ending in '#### 42' "
                                                                    "or '\\boxed{42}', or the bare answer)"})
     instruction: str = field(default=None, metadata={"help": "text appended to every question; default our DEFAULT_INSTRUCTION"})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "replace the run --output_dir holds (its "
+                                                                       "checkpoints, model and trainer state)"})
 
 
 def correct(completions, answer, **kwargs):
@@ -110,7 +116,18 @@ def main(argv=None):
     if {"-h", "--help"} & set(argv):
         return print(usage(trainer_of(argv)))
     try:
+        failure = train(argv)
+    finally:
+        close_process_group()
+    if failure:
+        sys.exit(failure)
+
+
+def train(argv):
+    """Check the command line and the data, train, save: None, or bad input's one-line message."""
+    try:
         trainer, script, args, options = parse(argv)
+        check_output_dir(args.output_dir, args.resume_from_checkpoint, script.overwrite_output_dir)
         cfg = gb.GRPOConfig(model=script.model, dataset=script.dataset, dataset_config=script.dataset_config,
                             dataset_split=script.dataset_split, question_field=script.question_field,
                             answer_field=script.answer_field, instruction=script.instruction,
@@ -134,15 +151,49 @@ def main(argv=None):
                           processing_class=tokenizer, **options)
         except (OSError, SafetensorError) as e:  # no weights file, or a truncated one
             raise ValueError(f"--model {script.model}: cannot load its weights ({first_line(e)})") from None
-        run.train()
+        run.train(resume_from_checkpoint=args.resume_from_checkpoint)
         run.save_model()
         run.save_state()  # trainer_state.json: the logged metrics, step by step
     except ValueError as e:  # bad input: name the problem, no traceback
-        sys.exit(f"error: {e}")
-    finally:  # a process group left to the interpreter's exit can abort it ("terminate called without an active exception")
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        return f"error: {e}"
 
+
+RUN_FILES = ("model.safetensors", "trainer_state.json", "training_args.bin", "config.json")
+
+
+def check_output_dir(out, resume, overwrite):
+    """A writable --output_dir that holds no earlier run, unless --resume_from_checkpoint continues one
+    or --overwrite_output_dir replaces it (TRL would write over it silently, checkpoints included)."""
+    if resume and overwrite:
+        raise ValueError("--resume_from_checkpoint and --overwrite_output_dir contradict each other: pass one")
+    make_dir(out)
+    held = sorted(name for name in os.listdir(out) if name in RUN_FILES or name.startswith("checkpoint-"))
+    if resume:
+        if not os.path.isdir(resume):
+            raise ValueError(f"--resume_from_checkpoint {resume}: no such checkpoint folder; pass one of "
+                             f"{out}/checkpoint-N, or start afresh without it")
+    elif overwrite:
+        if int(os.environ.get("RANK", "0")) == 0:  # one process removes; TRL writes from process 0 only
+            for path in (os.path.join(out, name) for name in held):
+                shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+    elif held:
+        checkpoints = sorted((n for n in held if n.startswith("checkpoint-")), key=lambda n: int(n.split("-")[1])
+                             if n.split("-")[1].isdigit() else -1)
+        hint = f"--resume_from_checkpoint {os.path.join(out, checkpoints[-1])} to continue it, " if checkpoints else ""
+        raise ValueError(f"--output_dir {out} already holds a run ({', '.join(held[:4])}): pass {hint}"
+                         "--overwrite_output_dir to replace it, or choose another --output_dir")
+
+
+def close_process_group():
+    """Destroy the process group once the trainer is gone. The trainer's DDP wrapper holds the group;
+    if the wrapper drops its last reference, the group's destructor joins its worker threads while
+    holding the GIL, and a worker still freeing a gathered tensor waits on that GIL forever (a
+    two-process run that hung at exit). Dropped by destroy_process_group, the destructor releases the
+    GIL; left to the interpreter's exit, the threads abort it ("terminate called without an active
+    exception")."""
+    gc.collect()  # the trainer's reference cycles, and so its DDP wrapper, go now, while the group is still registered
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 if __name__ == "__main__":
     main()

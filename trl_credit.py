@@ -1,8 +1,9 @@
 """GCPO, CEPO and Gold inside TRL's GRPOTrainer, for runs beyond one GPU. Docs: docs/trl.md.
 
     from trl import GRPOConfig
+    from train_trl import correct
     from trl_credit import CEPOTrainer
-    trainer = CEPOTrainer(model="Qwen/Qwen2.5-0.5B-Instruct", reward_funcs=[accuracy], args=GRPOConfig(...),
+    trainer = CEPOTrainer(model="Qwen/Qwen2.5-0.5B-Instruct", reward_funcs=[correct], args=GRPOConfig(...),
                           train_dataset=dataset, lambda_init=0.5)   # + the method's options, our names and defaults
     trainer.train()                                               # accelerate launch / DeepSpeed / vLLM as usual
 
@@ -267,7 +268,7 @@ class GCPOTrainer(TokenCreditTrainer):
         questions = self.column(inputs, self.question_column, "the question, for x-", "question_column") if empty else None
         prompts = [negative_messages(inputs[i]["prompt"], self.method, questions[i] if empty else None,
                                      inputs[i].get("blank_question"), self.tail) for i in rows]
-        return self._tokenize_prompts(prompts)[0]
+        return self._tokenize_prompts(prompts)[0] if prompts else []  # TRL's tokenizer reads prompts[0]
 
     def _generate_and_score_completions(self, inputs):
         out = super()._generate_and_score_completions(inputs)
@@ -301,9 +302,10 @@ class GCPOTrainer(TokenCreditTrainer):
 
     @staticmethod
     def weight_stats(adv, token_adv, logp_pos, logp_neg, mask):
-        """{metric: (sum, count)} over the rows with A != 0: the share whose weights differ from 1
-        (the negative prompt changed their credit), and weight_diagnostics' means."""
-        live = adv != 0
+        """{metric: (sum, count)} over the rows with A != 0 and a token left in the loss
+        (mask_truncated_completions can mask them all): the share whose weights differ from 1 (the
+        negative prompt changed their credit), and weight_diagnostics' means."""
+        live = (adv != 0) & (mask.sum(1) > 0)
         if not live.any():
             return dict.fromkeys(GCPOTrainer.METRICS, (0, 0))
         weights, mask = token_adv[live] / adv[live, None], mask[live]
@@ -404,7 +406,7 @@ class GoldTrainer(CreditTrainer):
     when one does not, a warning says so. The reward functions run twice on a training batch:
     once on the sampled completions to find the all-wrong groups (its logging discarded), once by
     TRL on the final ones. TRL's logged `reward` includes the gold rows; gold/sampled_reward
-    does not."""
+    does not. (Not TRL's trl.experimental.gold.GOLDTrainer, an unrelated distillation trainer.)"""
     CONFIG = GoldConfig
     NOT_HERE = {"max_log_ratio": "TRL's sequence ratio has no clamp of its own"}
 

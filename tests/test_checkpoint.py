@@ -9,10 +9,11 @@ import textwrap
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import cepo
 import grpo_baseline as gb
-from checkpoint import metrics_until, open_run, read_checkpoint, restore, save_checkpoint
+from checkpoint import make_dir, metrics_until, open_run, read_checkpoint, restore, save_checkpoint
 from report import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -84,6 +85,61 @@ def test_method_options_are_compared_even_when_the_checkpoint_lacks_them(tmp_pat
     torch.save(state, path)
     with pytest.raises(ValueError, match=r"options differ from the checkpoint's in \['seed'\]"):
         read_checkpoint(path, gb.GRPOConfig())
+
+
+DAMAGES = {"step": [-1, 0, "2", 2.0, None, True], "torch": [torch.zeros(3, dtype=torch.uint8), "state", torch.zeros(2, 2)],
+           "python": ["j", (3, (1, 2), None), (3,), 7]}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(edit=st.sampled_from([(key, value) for key, values in DAMAGES.items() for value in values]))
+def test_an_edited_step_or_rng_state_is_refused_and_keeps_the_history(tmp_path, edit):
+    """A checkpoint whose step or RNG state was edited (a step of -1 once resumed by emptying
+    metrics.jsonl; a short RNG state was a RuntimeError): one line naming the file, and the
+    history untouched."""
+    cfg = gb.GRPOConfig(output_dir=str(tmp_path / "run"), resume=True)
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    path = os.path.join(cfg.output_dir, "checkpoint.pt")
+    save_checkpoint(path, *tiny(), 2, cfg)
+    state = torch.load(path, weights_only=True)
+    key, value = edit
+    if key == "step":
+        state["step"] = value
+    else:
+        state["rng"][key] = value
+    torch.save(state, path)
+    history = "".join(f'{{"step": {i}}}\n' for i in range(3))
+    with open(os.path.join(cfg.output_dir, "metrics.jsonl"), "w") as f:
+        f.write(history)
+    with pytest.raises(ValueError, match=f"^--resume: {path} is damaged \\(its (step|random-number state) .*--overwrite_output_dir$"):
+        open_run(cfg)
+    with open(os.path.join(cfg.output_dir, "metrics.jsonl")) as f:
+        assert f.read() == history
+
+
+@settings(max_examples=200, deadline=None)
+@given(name=st.text(st.characters(exclude_characters="."), max_size=300) | st.sampled_from(["\ud800", "a\x00b", "x" * 300]))
+def test_any_output_dir_string_gives_a_folder_or_one_line(tmp_path_factory, name):
+    """Whatever --output_dir says (empty, a NUL byte, a lone surrogate, a name too long, a path
+    through a file): a writable folder, or one ValueError line naming the flag."""
+    root = tmp_path_factory.mktemp("out")
+    (root / "afile").write_text("")
+    for path in (f"{root}/{name}", f"{root}/afile/{name}"):
+        try:
+            make_dir(path)
+        except ValueError as e:
+            assert str(e).startswith("--output_dir ") and "\n" not in str(e)
+        else:
+            assert os.path.isdir(path) and os.path.realpath(path).startswith(os.path.realpath(root))
+
+
+@pytest.mark.parametrize("name", ["checkpoint.pt", "metrics.jsonl"])
+def test_a_pipe_planted_as_a_run_file_is_refused_not_waited_on(tmp_path, name):
+    cfg = gb.GRPOConfig(output_dir=str(tmp_path / "run"), resume=True)
+    os.makedirs(cfg.output_dir)
+    os.mkfifo(os.path.join(cfg.output_dir, name))
+    with pytest.raises(ValueError, match=f"{name} is not a regular file; remove it"):
+        open_run(cfg)
 
 
 def test_a_cut_off_last_metrics_line_is_dropped_and_a_damaged_one_before_it_is_named(tmp_path):

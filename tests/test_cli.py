@@ -124,6 +124,18 @@ def test_compare_refuses_before_training_what_would_hang_or_crash_it(argv, probl
     assert exit_info.value.code == 2 and problem in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, problem", [
+    (["--jobs", "2"], "--jobs 2: --real runs one run at a time on every core; leave --jobs out"),
+    (["--runs_dir", "elsewhere"], "--runs_dir: --real keeps its runs in results/smollm2/runs/"),
+])
+def test_the_real_tier_refuses_options_it_would_ignore(argv, problem, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["compare.py", "--real", *argv])
+    monkeypatch.setattr(compare, "run_all", lambda *a, **kw: pytest.fail("training started"))
+    with pytest.raises(SystemExit) as exit_info:
+        compare.main()
+    assert exit_info.value.code == 2 and problem in capsys.readouterr().err
+
+
 SCRIPTS = {"grpo_baseline.py": gb.GRPOConfig, "gcpo.py": gcpo.GCPOConfig, "cepo.py": cepo.CEPOConfig, "gold.py": gold.GoldConfig}
 
 

@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import compare
 import gold
@@ -91,12 +92,15 @@ def test_preamble_says_when_the_design_cannot_separate_any_arm():
     assert compare.preamble("quick", arms, compare.BUDGET).startswith("Smoke run")
 
 
+BUDGET20 = {**compare.BUDGET, "max_steps": 20}  # benchmark()'s histories: evaluations at 0, 10, 20
+
+
 def test_summary_json_has_every_key_and_recompute_reproduces_it(tmp_path, monkeypatch, capsys):
     histories = benchmark(0.03, noise=0.02, W=3, S=2)
     arms = compare.aggregate(histories)
     mc = {a: {"start": {"corr": 0.1, "sign_agreement": 0.6, "n": 40}, "end": None} for a in arms}
     compare.write_metrics(tmp_path / "metrics.jsonl.gz", histories)
-    compare.report(tmp_path, "default", arms, dict(list(CHECKS.items())[:3]), compare.BUDGET, [0, 1], mc, 12.5)
+    compare.report(tmp_path, "default", arms, dict(list(CHECKS.items())[:3]), BUDGET20, [0, 1], mc, 12.5)
     first = json.loads((tmp_path / "summary.json").read_text())
     task = first["tasks"]["chain"]
     assert task["interval"] == "t on warm-start means" and task["design"]["warm_starts"] == 3
@@ -113,7 +117,7 @@ def test_summary_json_has_every_key_and_recompute_reproduces_it(tmp_path, monkey
     assert json.loads((tmp_path / "summary.json").read_text()) == first and "| gcpo |" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("files, problem", [({}, "needs the metrics.jsonl.gz"), ({"summary.json": "{"}, "needs the metrics")])
+@pytest.mark.parametrize("files, problem", [({}, "needs the summary.json"), ({"summary.json": "{"}, "needs the summary.json")])
 def test_recompute_refuses_a_folder_without_a_run_in_one_line(tmp_path, monkeypatch, capsys, files, problem):
     for name, text in files.items():
         (tmp_path / name).write_text(text)
@@ -122,6 +126,45 @@ def test_recompute_refuses_a_folder_without_a_run_in_one_line(tmp_path, monkeypa
         compare.main()
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and problem in err[-1] and str(tmp_path) in err[-1]
+
+
+def recompute_exit(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["compare.py", "--recompute", str(tmp_path)])
+    with pytest.raises(SystemExit) as exit_info:
+        compare.main()
+    return exit_info.value.code, capsys.readouterr().err.strip().splitlines()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(damage=st.one_of(st.tuples(st.just("drop"), st.integers(0, 6 * 21 * 3 - 1)), st.tuples(st.just("cut"), st.floats(0.05, 0.95)),
+                        st.sampled_from([("run", "gcpo"), ("run", "grpo"), ("arm", "grpo"), ("summary", '{"tasks": 3}'),
+                                         ("summary", '{"preset": "default", "tasks": {"chain": {"seeds": 1}}}')])))
+def test_recompute_refuses_damaged_or_incomplete_metrics_and_keeps_the_summary(tmp_path, monkeypatch, capsys, damage):
+    """Any one record dropped (once: a silently changed AUC), the file cut short (EOFError), a run or
+    an arm missing (a KeyError, or a summary over fewer warm starts), a summary.json of another shape:
+    one line naming the file, and summary.json and summary.md left as they were."""
+    histories = benchmark(0.03, noise=0.02, W=3, S=2)
+    compare.report(tmp_path, "default", compare.aggregate(histories), dict(list(CHECKS.items())[:3]), BUDGET20, [0, 1],
+                   {a: None for a in histories}, 12.5)
+    kind, what = damage
+    if kind == "drop":
+        records = [(a, k, i) for a, hs in histories.items() for k, h in sorted(hs.items()) for i in range(len(h))]
+        a, k, i = records[what]
+        del histories[a][k][i]
+    elif kind == "run":
+        del histories[what][(1, 0)]
+    elif kind == "arm":
+        del histories[what]
+    compare.write_metrics(tmp_path / "metrics.jsonl.gz", histories)
+    if kind == "cut":
+        data = (tmp_path / "metrics.jsonl.gz").read_bytes()
+        (tmp_path / "metrics.jsonl.gz").write_bytes(data[:int(len(data) * what)])
+    if kind == "summary":
+        (tmp_path / "summary.json").write_text(what)
+    before = {name: (tmp_path / name).read_text() for name in ("summary.json", "summary.md")}
+    code, err = recompute_exit(tmp_path, monkeypatch, capsys)
+    assert code == 2 and err[-1].startswith(f"compare.py: error: --recompute {tmp_path}: ")
+    assert {name: (tmp_path / name).read_text() for name in before} == before
 
 
 def test_a_credit_picture_without_examples_is_still_drawn(tmp_path):

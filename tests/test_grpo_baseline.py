@@ -150,6 +150,14 @@ def test_resume_refuses_changed_options(tiny_cfg):
         gb.train(tiny_cfg(max_steps=3, resume=True, learning_rate=1e-3))
 
 
+def test_a_non_finite_reward_is_one_line_not_a_run_of_skipped_updates(tiny_cfg, monkeypatch):
+    """A reward function (Python API) that returns NaN once made every advantage NaN: every update
+    skipped, and the run 'finished'. Now the first such reward it trains on stops it, naming the value."""
+    monkeypatch.setattr(gb, "task_reward", lambda cfg: lambda response, row: (float("nan"), False))
+    with pytest.raises(ValueError, match="^the reward function returned nan for a response; rewards must be finite"):
+        gb.train(tiny_cfg(max_steps=1))
+
+
 def test_non_finite_credit_skips_the_update_and_keeps_the_checkpoint_clean(tiny_cfg, capsys):
     cfg = tiny_cfg(max_steps=2)
 

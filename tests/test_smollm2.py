@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import cepo
+import diagnostics
 import gcpo
 import gold
 import grpo_baseline as gb
@@ -91,6 +92,24 @@ def test_cepo_hints_and_gold_references_on_the_real_model(smollm2):
     assert hinted.endswith(f"<|im_start|>assistant\n {row['answer']}")
     ids, why = gold.reference_response(tok, row, gold.GoldConfig(model=NAME))
     assert why is None and ids[-1] == end_of_turn_id(tok) and tok.decode(ids[:-1]) == row["solution"]
+
+
+def test_the_per_role_pass_gives_the_whole_gaps_the_checks_report(smollm2):
+    """The real tier's check job scores each pair of contexts once, per token: summed, those gaps are
+    diagnostics.hint_contrast's and negative_contrast's, which the chain task's check job still calls."""
+    model, tok = smollm2
+    rows = [word_problem(random.Random(i)) for i in range(4)]
+    cfg, neg = cepo.CEPOConfig(model=NAME), gcpo.GCPOConfig(model=NAME)
+    prompts = [prompt_ids(tok, r["question"], DEFAULT_INSTRUCTION, r["example"]) for r in rows]
+    gaps, by_role = diagnostics.contrast_by_role(model, tok, rows, [p + cepo.hint_ids(tok, r["answer"], cfg) for p, r in
+                                                 zip(prompts, rows)], [p + cepo.hint_ids(tok, diagnostics.wrong_hint(
+                                                     r["answer"]), cfg) for p, r in zip(prompts, rows)], cfg)
+    nats, wins = diagnostics.hint_contrast(model, tok, rows, cfg, cepo.hint_ids)
+    assert gaps.mean().item() == pytest.approx(nats, abs=1e-4) and (gaps > 0).float().mean().item() == wins
+    assert set(by_role) <= set(WORD_ROLES) and "answer" in by_role
+    gaps, _ = diagnostics.contrast_by_role(model, tok, rows, prompts, [gcpo.negative_prompt(tok, r, neg) for r in rows], neg)
+    assert gaps.mean().item() == pytest.approx(diagnostics.negative_contrast(model, tok, rows, neg, gcpo.negative_prompt),
+                                               abs=1e-4)
 
 
 def test_the_documented_command_trains_one_step_offline_and_resumes(tmp_path):

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -182,6 +183,26 @@ def test_gcpo_hands_trl_our_token_advantages(warm, tmp_path, norm):
     weights = out["advantages"][live] / A[live, None]
     top = diagnostics.weight_diagnostics(torch.ones_like(weights), weights, mask[live])["weight_top40_share"]
     assert logged["gcpo/weight_top40_share"] == [pytest.approx(top, rel=1e-5)] and top > 0.4
+
+
+def test_gcpo_takes_grpos_step_when_no_completion_has_credit(warm, tmp_path):
+    """A batch where every group's rewards are equal (a model that never solves; on two processes,
+    one rank's share): every advantage is 0, so nothing is scored under x-; the step is GRPO's,
+    with the metrics logged empty (every rank joins log_means with the same keys)."""
+    t = trainer(GCPOTrainer, warm, tmp_path, reward=lambda completions, **kwargs: [0.0] * len(completions))
+    out, grpo = scored(t, batch(warm, 2))
+    assert (grpo["advantages"] == 0).all() and (out["advantages"] == 0).all()
+    assert not any(t._metrics["train"].get(key) for key in GCPOTrainer.METRICS)
+
+
+def test_gcpo_leaves_rows_without_a_loss_token_out_of_its_metrics(warm, tmp_path):
+    """mask_truncated_completions=True and every completion cut at 4 tokens: rows with A != 0 but no
+    token in the loss carry no weights to describe: the step logs no GCPO metric (no NaN, no error)."""
+    alternate = lambda completions, **kwargs: [float(i % 2) for i in range(len(completions))]  # noqa: E731
+    t = trainer(GCPOTrainer, warm, tmp_path, reward=alternate, max_completion_length=4, mask_truncated_completions=True)
+    out, grpo = scored(t, batch(warm, 2))
+    assert (grpo["advantages"] != 0).all() and (out["completion_mask"] == 0).all()
+    assert not any(t._metrics["train"].get(key) for key in GCPOTrainer.METRICS)
 
 
 def test_cepo_hands_trl_our_token_advantages(warm, tmp_path):
@@ -543,6 +564,30 @@ def test_every_documented_command_parses_as_printed(tmp_path):
         assert args.bf16 is True and args.per_device_train_batch_size == 4 and script.model == "some/model"
 
 
+def test_the_documented_python_block_runs_as_printed(warm, tmp_path, monkeypatch):
+    """docs/trl.md's Python block, executed, with only this machine's swaps: the tiny warm start
+    for the model (given a chat template, as an instruct model has, since the block's prompts are
+    chat messages), a folder here for the output, CPU, and sizes that take seconds."""
+    model = tmp_path / "chat-model"
+    shutil.copytree(warm[0], model)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    tokenizer.chat_template = ("{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+                               "{% if add_generation_prompt %}{% endif %}")
+    tokenizer.save_pretrained(model)
+    with open(os.path.join(ROOT, "docs", "trl.md"), encoding="utf-8") as f:
+        block = next(b for b in re.findall(r"```python\n(.*?)```", f.read(), re.S) if "Trainer(" in b)
+    swaps = {'"Qwen/Qwen2.5-1.5B-Instruct"': repr(str(model)), 'output_dir="runs/cepo"': f"output_dir={str(tmp_path / 'run')!r}",
+             "max_completion_length=256, max_steps=50": "max_completion_length=16, max_steps=1, use_cpu=True, bf16=False, "
+             "per_device_train_batch_size=4, num_generations=4, report_to='none'"}
+    for old, new in swaps.items():
+        assert old in block
+        block = block.replace(old, new)
+    monkeypatch.chdir(ROOT)
+    scope = {}
+    exec(compile(block, "docs/trl.md", "exec"), scope)  # the docs' own code (ours, not model output)
+    assert scope["trainer"].state.global_step == 1
+
+
 def test_every_documented_trainer_call_passes_reward_funcs():
     """TRL refuses a GRPOTrainer without a reward source: a call the docs print must have one."""
     for page in ("README.md", os.path.join("docs", "trl.md"), "trl_credit.py"):
@@ -570,6 +615,38 @@ def test_the_documented_command_trains_on_two_processes(warm, tmp_path, method):
     logged = json.loads((out / "trainer_state.json").read_text())["log_history"]
     key = {"cepo": "cepo/lambda", "gold": "gold/injections"}[method]
     assert [step["step"] for step in logged if key in step] == [1, 2]
+
+
+def test_the_process_group_is_destroyed_after_the_trainer(warm, tmp_path):
+    """Why a two-process run could hang (or abort) at exit, about 1 run in 5: the trainer's DDP
+    wrapper held the last reference to the process group, so the group's destructor ran while
+    the GIL was held and joined a gloo worker that was waiting for the GIL to free a gathered
+    tensor. The property that rules it out, checked on each rank: when train_trl destroys the
+    process group, no DDP wrapper is alive (the group's last reference then drops where torch
+    releases the GIL)."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(f"""import gc, json, os, sys
+sys.path.insert(0, {ROOT!r})
+import torch.distributed
+from torch.nn.parallel import DistributedDataParallel
+import train_trl
+destroy = torch.distributed.destroy_process_group
+def checked(*args, **kwargs):
+    alive = sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects())
+    with open(os.path.join({str(tmp_path)!r}, "rank" + os.environ["RANK"] + ".json"), "w") as f:
+        json.dump(alive, f)
+    destroy(*args, **kwargs)
+torch.distributed.destroy_process_group = checked
+train_trl.main()
+""")
+    data = tmp_path / "sum.jsonl"
+    data.write_text("".join(json.dumps({"question": r["question"], "answer": r["solution"]}) + "\n" for r in warm[2]))
+    run = torchrun(str(probe), "--method", "gold", "--model", warm[0], "--dataset", str(data), "--output_dir",
+                   str(tmp_path / "run"), "--per_device_train_batch_size", "4", "--num_generations", "4",
+                   "--max_completion_length", "16", "--max_steps", "1", "--importance_sampling_level", "sequence",
+                   "--loss_type", "grpo", "--use_cpu", "--report_to", "none")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)] == [0, 0]
 
 
 def test_the_script_help_lists_its_options_and_hides_refused_ones(capsys):
@@ -607,6 +684,54 @@ def test_the_script_names_bad_input_in_one_line(tmp_path, capsys):
         with pytest.raises(SystemExit, match=re.escape(error)):
             train_trl.main([*flags, "--model", str(tmp_path / "m"), "--dataset", str(missing), "--output_dir", str(tmp_path),
                             "--use_cpu"])
+
+
+def test_the_script_checks_its_output_dir_before_anything_loads(tmp_path):
+    """An empty --output_dir, one that is a file, a link to nothing, one holding a run (unless told to
+    resume or replace it), a checkpoint that is not there: one line each, before the dataset (which
+    does not exist here) is read."""
+    afile, link, held = tmp_path / "afile", tmp_path / "link", tmp_path / "held"
+    afile.write_text("x")
+    link.symlink_to(tmp_path / "gone")
+    (held / "checkpoint-10").mkdir(parents=True)
+    (held / "checkpoint-9").mkdir()
+    (held / "trainer_state.json").write_text("{}")
+    for flags, error in (([""], "--output_dir is empty"), ([str(afile)], f"--output_dir {afile} is a file"),
+                         ([str(link)], f"--output_dir {link} is a link to {tmp_path / 'gone'}, which does not exist"),
+                         ([str(held)], f"--output_dir {held} already holds a run (checkpoint-10, checkpoint-9, "
+                                       f"trainer_state.json): pass --resume_from_checkpoint {held / 'checkpoint-10'} "
+                                       "to continue it, --overwrite_output_dir to replace it"),
+                         ([str(held), "--resume_from_checkpoint", str(held / "checkpoint-11")],
+                          f"--resume_from_checkpoint {held / 'checkpoint-11'}: no such checkpoint folder"),
+                         ([str(held), "--resume_from_checkpoint", str(held / "checkpoint-10"), "--overwrite_output_dir"],
+                          "--resume_from_checkpoint and --overwrite_output_dir contradict each other: pass one")):
+        with pytest.raises(SystemExit, match="^" + re.escape("error: " + error)):
+            train_trl.main(["--model", "m", "--dataset", str(tmp_path / "none.jsonl"), "--use_cpu", "--output_dir", *flags])
+    with pytest.raises(SystemExit, match="no such file"):  # replaced: the old run's files go, then the dataset is read
+        train_trl.main(["--model", "m", "--dataset", str(tmp_path / "none.jsonl"), "--use_cpu", "--output_dir", str(held),
+                        "--overwrite_output_dir"])
+    assert os.listdir(held) == []
+
+
+def test_the_script_resumes_from_a_checkpoint(warm, tmp_path):
+    """--resume_from_checkpoint continues the run (TRL's Trainer reads it only when train() is given
+    it): the resumed run's step 1 is the checkpoint's, not a new one (another seed would differ)."""
+    data = tmp_path / "sum.jsonl"
+    data.write_text("".join(json.dumps({"question": r["question"], "answer": r["solution"]}) + "\n" for r in warm[2]))
+    out = tmp_path / "run"
+    common = [sys.executable, "train_trl.py", "--model", warm[0], "--dataset", str(data), "--per_device_train_batch_size",
+              "4", "--num_generations", "4", "--max_completion_length", "16", "--logging_steps", "1", "--save_steps", "1",
+              "--use_cpu", "--report_to", "none", "--disable_tqdm", "true"]
+    first = subprocess.run(common + ["--output_dir", str(out), "--max_steps", "1"], capture_output=True, text=True,
+                           cwd=ROOT, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    step1 = json.loads((out / "trainer_state.json").read_text())["log_history"][0]
+    second = subprocess.run(common + ["--output_dir", str(out), "--max_steps", "2", "--seed", "1",
+                                      "--resume_from_checkpoint", str(out / "checkpoint-1")],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    logged = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert logged[0] == step1 and [entry["step"] for entry in logged if "loss" in entry] == [1, 2]
 
 
 def test_the_script_checks_the_model_before_training(tmp_path, capsys):
