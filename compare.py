@@ -49,6 +49,7 @@ import gold
 import grpo_baseline as gb
 import mc_advantage
 import paired_stats
+from checkpoint import make_dir
 from data import evaluate, prompt_ids, resolve_instruction
 from embedded_task import ROLE_NAMES, warm_start
 from language_model import first_line, load_policy
@@ -665,6 +666,11 @@ def main():
     results_dir = os.path.normpath(os.path.join(args.results_dir, folder))
     runs_dir = os.path.join(results_dir, "runs") if preset == "real" else \
         os.path.join(args.runs_dir, "chain", "quick" if preset == "quick" else "")
+    for flag, folder in (("--results_dir", results_dir), ("--runs_dir", runs_dir)):
+        try:  # before any run: a folder that cannot be written would fail only after the benchmark
+            make_dir(folder, flag)
+        except ValueError as e:
+            parser.error(str(e))
     start = time.time()
     jobs = 1 if preset == "real" else args.jobs or 2
     checks, runs = run_all(arms, warm_starts, seeds, runs_dir, jobs, budget, threads=os.cpu_count() if preset == "real" else 1)

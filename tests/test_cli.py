@@ -136,6 +136,17 @@ def test_the_real_tier_refuses_options_it_would_ignore(argv, problem, monkeypatc
     assert exit_info.value.code == 2 and problem in capsys.readouterr().err
 
 
+def test_compare_checks_its_folders_before_any_run(tmp_path, monkeypatch, capsys):
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setattr(compare, "run_all", lambda *a, **kw: pytest.fail("training started"))
+    for flag, problem in (("--results_dir", f"--results_dir '{tmp_path}/afile/quick': cannot write there (Not a directory)"),
+                          ("--runs_dir", f"--runs_dir '{tmp_path}/afile/chain/quick': cannot write there (Not a directory)")):
+        monkeypatch.setattr(sys, "argv", ["compare.py", "--quick", "--results_dir", str(tmp_path), flag, f"{tmp_path}/afile"])
+        with pytest.raises(SystemExit) as exit_info:
+            compare.main()
+        assert exit_info.value.code == 2 and problem in capsys.readouterr().err
+
+
 SCRIPTS = {"grpo_baseline.py": gb.GRPOConfig, "gcpo.py": gcpo.GCPOConfig, "cepo.py": cepo.CEPOConfig, "gold.py": gold.GoldConfig}
 
 
