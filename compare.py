@@ -277,10 +277,13 @@ def summarize_arm(records, base_records):
             out.update(p_t=diff["p_t"], p_sign_flip=diff["p_sign_flip"], sd_w=diff["sd_w"],
                        mde=paired_stats.mde(diff["sd_w"], diff["W"]))
     def mean(key):
-        values = [r[key] for r in records if r[key] is not None]
+        values = [r[key] for r in records if r.get(key) is not None]
         return statistics.mean(values) if values else None
     out["credit_by_role"] = {side: {role: mean(f"credit_{side}_{role}") for role in ROLE_NAMES} for side in ("pos", "neg")}
     out["credit_by_role"]["pos"]["contested"] = mean("credit_pos_contested")
+    if WORD_CREDIT_KEYS[0] in records[0]:  # the words task (the real tier): its own token roles
+        out["credit_by_word_role"] = {side: {role: mean(f"credit_{side}_{role}") for role in WORD_ROLES}
+                                      for side in ("pos", "neg")}
     for key in ("first_error_credit", "decisive_credit_share", "decisive_credit_share_uniform", "free_tag_entropy_first",
                 "free_tag_entropy_last", "zero_adv_groups", "references", "reference_tokens", "sampled_tokens",
                 "sec_per_step", "steps_to_target"):
@@ -323,6 +326,8 @@ def table(arms, checks):
                     f"{'—' if name == 'grpo' else fmt(m['mde'])} | {interval(m, 'final_acc')} | "
                     f"{m['steps_to_target']:.1f} ({m['reached_target']}/{n} reached) | {refs} | {m['sec_per_step']:.3f} | "
                     f"{m['vs_grpo']:.2f}x | {m['peak_mem_mb']:.0f} |")
+    if "credit_by_word_role" in next(iter(arms.values())):
+        return "\n".join(rows + words_credit_table(arms, checks)) + "\n"
     rows += ["", "Token credit against the ground truth: the mean multiplier Â/A on each role's tokens (GRPO: 1), for "
              "A > 0 and A < 0 responses; the first wrong token's Â/|A| (GRPO: −1); Monte-Carlo agreement at the warm "
              "start and at the end (correlation of Â with Q − V, sign agreement on decided tokens).", "",
@@ -345,6 +350,34 @@ def table(arms, checks):
                     f"{c['negative_contrast_wrong_answer']:+.2f} | {c['negative_contrast_empty_prompt']:+.2f} | "
                     f"{', '.join(c['failed_checks']) or 'none'} |")
     return "\n".join(rows) + "\n"
+
+
+def words_credit_table(arms, checks):
+    """The real tier's credit and check tables: no ground truth of which tokens decide, so the
+    multiplier Â/A per token role of the words task (word_task.WORD_ROLES), and each context's
+    log-likelihood gap by role at the start."""
+    rows = ["", "Token credit per role of the words task: the mean multiplier Â/A on each role's tokens (GRPO: 1), for "
+            "A > 0 and A < 0 responses.", "",
+            "| arm | " + " | ".join(f"A>0 {r}" for r in WORD_ROLES) + " | " + " | ".join(f"A<0 {r}" for r in WORD_ROLES)
+            + " |", "|" + "---|" * (1 + 2 * len(WORD_ROLES))]
+    for name, m in arms.items():
+        by = m["credit_by_word_role"]
+        rows.append(f"| {name} | " + " | ".join(fmt(by[side][r], False, 2) for side in ("pos", "neg") for r in WORD_ROLES)
+                    + " |")
+    contexts = (("hint_contrast", "CEPO hint"), ("negative_contrast_wrong_answer", "GCPO wrong-answer x⁻"),
+                ("negative_contrast_empty_prompt", "GCPO empty x⁻"))
+    rows += ["", "At the start: each context's log-likelihood gap of the reference solutions (nats per solution), and "
+             "per token of each role (nats per token).", "",
+             "| start | held-out acc | context | per solution | " + " | ".join(WORD_ROLES) + " |",
+             "|" + "---|" * (4 + len(WORD_ROLES))]
+    for c in checks.values():
+        for key, name in contexts:
+            whole = c[key + "_nats"] if key == "hint_contrast" else c[key]
+            by = c.get(key.replace("negative_contrast", "negative_contrast_by_role") if key != "hint_contrast"
+                       else "hint_contrast_by_role") or {}
+            rows.append(f"| {c['seed']} | {c['start_acc']:.3f} | {name} | {whole:+.3f} | "
+                        + " | ".join(fmt(by.get(r), True, 3) for r in WORD_ROLES) + " |")
+    return rows
 
 
 def design(arms):

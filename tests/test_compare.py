@@ -241,8 +241,13 @@ def test_with_one_pretrained_start_the_unit_is_the_rl_seed_and_the_summary_is_th
     d = compare.design(arms)
     assert d["unit"] == "seed" and d["warm_starts"] == 8 and d["smallest_p_sign_flip"] == 2 / 2 ** 8
     assert arms["gcpo"]["runs"][0]["credit_pos_sum"] == 1.5 and "credit_pos_sum" not in compare.run_record(0, 0, history([0.1, 0.2]))
-    checks = {0: {**CHECKS[0], "seed": 0}}
+    checks = {0: {**CHECKS[0], "seed": 0, "hint_contrast_by_role": {"sum": -0.04, "answer": -0.01},
+                  "negative_contrast_by_role_wrong_answer": {"operand": 0.23}}}
     text = compare.report(tmp_path, "real", arms, checks, compare.REAL_BUDGET, list(range(8)), {}, 60.0)
+    # the words task's roles replace the chain's (which the real runs do not log) in the credit table
+    assert "| gcpo | 1.50 | — | — | — |" in text and "A>0 decisive" not in text
+    assert "| 0 | 0.300 | CEPO hint | +2.000 | -0.040 | -0.010 | — | — |" in text
+    assert "| 0 | 0.300 | GCPO wrong-answer x⁻ | +1.000 | — | — | +0.230 | — |" in text
     summary = json.loads((tmp_path / "summary.json").read_text())
     task = summary["tasks"]["words"]
     assert summary["preset"] == "real" and task["model"] == "smollm2-135m-instruct" and task["interval"] == "t on RL-seed means"
