@@ -21,6 +21,7 @@ import json
 import math
 import os
 import random
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -377,13 +378,20 @@ def train_run(run, cfg, device, credit, loss_fn, edit_rollouts, recredit, prefli
 def main(config_cls=GRPOConfig, argv=None, **method):
     """CLI entry point; `method`: the seams a method file replaces (its METHOD)."""
     cfg = parse_config(config_cls, argv)
+    previous = signal.signal(signal.SIGTERM, stop_as_ctrl_c)  # a scheduler's preemption, `kill`
     try:
         summary = train(cfg, **method)
     except ValueError as e:  # bad input: name the problem, no traceback
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
         sys.exit(f"interrupted; rerun with --resume to continue {cfg.output_dir} from its last checkpoint")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(json.dumps(summary, indent=1))
+
+
+def stop_as_ctrl_c(signum, frame):
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

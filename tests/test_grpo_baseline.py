@@ -2,6 +2,7 @@
 import copy
 import json
 import os
+import signal
 
 import pytest
 import torch
@@ -116,6 +117,15 @@ def test_ppo_epochs_minibatches_and_kl_run(tiny_cfg):
     gb.train(cfg)
     last = read_metrics(cfg.output_dir)[-1]
     assert last["kl"] >= 0 and last["skipped_updates"] == 0
+
+
+def test_sigterm_ends_a_run_as_ctrl_c_does(monkeypatch, tmp_path):
+    """A preemption's SIGTERM unwinds the run (its lock released) and says how to resume, as Ctrl-C."""
+    monkeypatch.setattr(gb, "train", lambda cfg, **method: os.kill(os.getpid(), signal.SIGTERM))
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit, match=f"^interrupted; rerun with --resume to continue {tmp_path}"):
+        gb.main(gb.GRPOConfig, ["--output_dir", str(tmp_path)])
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_resume_after_a_kill_continues_with_the_same_numbers(tiny_cfg, tmp_path, monkeypatch):
