@@ -105,8 +105,10 @@ class CreditTrainer(GRPOTrainer):
 
     def column(self, inputs, name, role, keyword):
         if name not in inputs[0]:
+            dropped = " (GRPOConfig(remove_unused_columns=True) drops every column but the prompt: set it False)" \
+                if self.args.remove_unused_columns and set(inputs[0]) <= {"prompt"} else ""
             raise ValueError(f"{type(self).__name__} needs a dataset column {name!r} ({role}); the batch has "
-                             f"{sorted(inputs[0])}: add it, or name yours with {keyword}=")
+                             f"{sorted(inputs[0])}{dropped}: add it, or name yours with {keyword}=")
         return [str(x[name]) if x[name] is not None else None for x in inputs]
 
     def logprobs_under(self, contexts, out, rows):
@@ -401,7 +403,8 @@ class GoldTrainer(CreditTrainer):
     """Gold (gold.py) in TRL: (3.1) before TRL's rewards; TRL's sequence-level ratio is (3.2)-(3.3)
     without our clamp of the log-ratio at 10. A group is all wrong when the correctness reward
     (correctness_reward=, the name of one of reward_funcs; the only one by default) is <= 0 for
-    every member, whatever shaping rewards add. The gold completion is re-rewarded by your reward
+    every member, whatever shaping rewards add; a group where it returns None for a member (TRL's
+    "does not apply") is not judged. The gold completion is re-rewarded by your reward
     functions (ours forces 1), so a group gains a contrast only if they accept the reference;
     when one does not, a warning says so. The reward functions run twice on a training batch:
     once on the sampled completions to find the all-wrong groups (its logging discarded), once by
@@ -487,6 +490,7 @@ class GoldTrainer(CreditTrainer):
         rewards = self._calculate_rewards(inputs, prompts, completions, completion_ids)  # all ranks' rows
         self._pending_extra_logs, self._pending_metrics = pending  # TRL's own call logs them
         correct = rewards[:, self.correctness].nan_to_num(0.0)
+        applies = ~rewards[:, self.correctness].isnan().view(-1, self.num_generations).any(1)  # None: not a verdict
         solutions = self.column(inputs, self.solution_column, "the worked reference solution", "solution_column")
         answers = self.column(inputs, self.answer_column, "the final answer", "answer_column")
         refs = [reference_response(self.processing_class, {"solution": s, "answer": a}, self.method) if a else
@@ -495,8 +499,8 @@ class GoldTrainer(CreditTrainer):
                                   device=correct.device))
         G, first = self.num_generations, self.accelerator.process_index * len(prompts)
         last = why.view(-1, G)[:, -1]  # (3.1): the last slot of the group holds the reference
-        _, is_gold = inject_gold(correct, G, last == 0)  # (3.1)
-        all_wrong = correct.view(-1, G).max(1).values <= 0
+        _, is_gold = inject_gold(correct, G, (last == 0) & applies)  # (3.1)
+        all_wrong = (correct.view(-1, G).max(1).values <= 0) & applies
         self._is_gold = is_gold
         metrics = self._metrics["train"]
         metrics["gold/injections"].append(int(is_gold.sum()))

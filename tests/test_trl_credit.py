@@ -355,6 +355,15 @@ def test_gold_injects_where_inject_gold_says_with_ratio_one(warm, tmp_path):
         assert (logprobs[i] == [None] * len(logprobs[i])) == bool(is_gold[i])
 
 
+def test_gold_leaves_a_group_the_correctness_reward_does_not_judge(warm, tmp_path):
+    """A correctness reward of None (TRL's 'does not apply to this sample') is no verdict of wrong:
+    such groups get no reference and are not counted as all wrong."""
+    t = trainer(GoldTrainer, warm, tmp_path, reward=lambda completions, **kwargs: [None] * len(completions),
+                importance_sampling_level="sequence", loss_type="grpo")
+    scored(t, batch(warm, 4))
+    assert t._metrics["train"]["gold/injections"] == [0] and t._metrics["train"]["gold/all_wrong_groups"] == [0]
+
+
 def test_gold_says_when_a_reference_is_unusable_or_teaches_nothing(warm, tmp_path):
     """Every group all wrong: where the solution column holds only the bare answer (TRL's own
     convention for `solution`), the group is skipped as unparsable_reference, with a warning;
@@ -503,6 +512,16 @@ def test_a_misspelt_keyword_names_the_trainer_and_the_nearest_option(tmp_path):
     with pytest.raises(TypeError, match="argument 'lambda_init'; it takes answer_column, args, ") as caught:  # CEPO's
         GCPOTrainer(model=missing, lambda_init=0.5)
     assert "weight_norm" in str(caught.value) and "entropy_coef" not in str(caught.value)  # refused: not offered
+
+
+def test_a_column_dropped_by_remove_unused_columns_is_named_with_the_fix(warm, tmp_path):
+    """TRL's remove_unused_columns=True hands the trainer only the prompt: the missing-column error
+    says which setting dropped it."""
+    alternate = lambda completions, **kwargs: [float(i % 2) for i in range(len(completions))]  # noqa: E731 (reads no column)
+    t = trainer(CEPOTrainer, warm, tmp_path, reward=alternate, rows=8, remove_unused_columns=True)
+    with pytest.raises(ValueError, match=r"needs a dataset column 'answer' .*\['prompt'\] \(GRPOConfig\("
+                                         r"remove_unused_columns=True\) drops every column but the prompt: set it False\)"):
+        t.train()
 
 
 def test_gold_refuses_column_and_reward_roles_it_cannot_tell_apart(tmp_path):
