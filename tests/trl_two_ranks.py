@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from trl import GRPOConfig  # noqa: E402
 
 from data import reward_fn  # noqa: E402
+from train_trl import close_process_group  # noqa: E402
 from trl_credit import CEPOTrainer, GoldTrainer  # noqa: E402
 
 RANK = int(os.environ["RANK"])
@@ -64,4 +65,7 @@ def main(model_path, data_path, out):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    try:
+        main(*sys.argv[1:])
+    finally:  # as train_trl does: left to the interpreter's exit, the gloo threads abort it
+        close_process_group()
