@@ -37,6 +37,16 @@ class Run:
     history: list
     state: dict
     lock: object
+    stale: list = dataclasses.field(default_factory=list)  # --overwrite_output_dir: the old run's files, until clear()
+
+    def clear(self):
+        """Remove the old run's files (--overwrite_output_dir), once the new run has passed its checks."""
+        for path in self.stale:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            elif os.path.lexists(path):
+                os.remove(path)
+        self.stale = []
 
     def record(self, metrics):
         """One step's metrics: appended to the history and, as a line, to metrics.jsonl."""
@@ -57,8 +67,8 @@ class Run:
 def open_run(cfg):
     """Lock --output_dir and prepare it for cfg's run: refuse a directory that holds another run
     unless --resume or --overwrite_output_dir says what to do with it; with --resume, load and check
-    the checkpoint and rewrite the history up to it atomically; with --overwrite_output_dir, remove
-    the old run's files. Every check here needs no model, so a bad directory fails in a second."""
+    the checkpoint and rewrite the history up to it atomically; with --overwrite_output_dir, list
+    the old run's files, which Run.clear removes once the new run has passed its checks. Every check here needs no model, so a bad directory fails in a second."""
     out = cfg.output_dir
     if cfg.resume and cfg.overwrite_output_dir:
         raise ValueError("--resume and --overwrite_output_dir contradict each other: pass one")
@@ -70,13 +80,9 @@ def open_run(cfg):
             if os.path.exists(path) and not os.path.isfile(path):
                 raise ValueError(f"--output_dir {out}: {path} is not a regular file; remove it or choose another "
                                  "--output_dir")
-        if cfg.overwrite_output_dir:
-            for path in (os.path.join(out, name) for name in RUN_FILES):
-                if os.path.isdir(path):
-                    shutil.rmtree(path)
-                elif os.path.exists(path):
-                    os.remove(path)
-        elif not cfg.resume and (os.path.exists(metrics_path) or os.path.exists(ckpt_path)):
+        if cfg.overwrite_output_dir:  # removed by Run.clear, after the data and model checks
+            return Run(ckpt_path, metrics_path, 0, [], None, lock, [os.path.join(out, name) for name in RUN_FILES])
+        if not cfg.resume and (os.path.exists(metrics_path) or os.path.exists(ckpt_path)):
             raise ValueError(f"--output_dir {out} already holds a run: pass --resume to continue it "
                              "or --overwrite_output_dir to start afresh")
         if not cfg.resume:

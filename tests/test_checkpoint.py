@@ -188,6 +188,18 @@ def test_overwrite_removes_the_old_run_so_it_cannot_be_resumed(tiny_cfg):
         gb.train(tiny_cfg(max_steps=2, resume=True))
 
 
+def test_overwrite_keeps_the_old_run_when_the_new_one_fails_its_checks(tiny_cfg, tmp_path):
+    """--overwrite_output_dir with a dataset that is not there: the error, and the old run intact
+    and resumable (its files used to go first, before the data was read)."""
+    cfg = tiny_cfg(max_steps=2)
+    gb.train(cfg)
+    kept = {name: (tmp_path / "run" / name).read_bytes() for name in ("checkpoint.pt", "metrics.jsonl")}
+    with pytest.raises(ValueError, match="--dataset"):
+        gb.train(tiny_cfg(max_steps=2, overwrite_output_dir=True, dataset=str(tmp_path / "none.jsonl"), model="m"))
+    assert {name: (tmp_path / "run" / name).read_bytes() for name in kept} == kept
+    gb.train(tiny_cfg(max_steps=3, resume=True))  # and it still resumes
+
+
 def test_bad_directories_are_one_line_before_any_work(tiny_cfg, tmp_path, monkeypatch):
     (tmp_path / "a_file").write_text("")
     with pytest.raises(ValueError, match="--cache_dir .* is a file"):  # (the warm start's first check)
