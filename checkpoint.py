@@ -41,11 +41,7 @@ class Run:
 
     def clear(self):
         """Remove the old run's files (--overwrite_output_dir), once the new run has passed its checks."""
-        for path in self.stale:
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path)
-            elif os.path.lexists(path):
-                os.remove(path)
+        remove(self.stale)
         self.stale = []
 
     def record(self, metrics):
@@ -68,7 +64,8 @@ def open_run(cfg):
     """Lock --output_dir and prepare it for cfg's run: refuse a directory that holds another run
     unless --resume or --overwrite_output_dir says what to do with it; with --resume, load and check
     the checkpoint and rewrite the history up to it atomically; with --overwrite_output_dir, list
-    the old run's files, which Run.clear removes once the new run has passed its checks. Every check here needs no model, so a bad directory fails in a second."""
+    the old run's files, which Run.clear removes once the new run has passed its checks. Every
+    check here needs no model, so a bad directory fails in a second."""
     out = cfg.output_dir
     if cfg.resume and cfg.overwrite_output_dir:
         raise ValueError("--resume and --overwrite_output_dir contradict each other: pass one")
@@ -96,6 +93,15 @@ def open_run(cfg):
     except BaseException:
         lock.close()
         raise
+
+
+def remove(paths):
+    """Delete each path that exists: a folder with its contents, a file or a link (not its target)."""
+    for path in paths:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.remove(path)
 
 
 def make_dir(path, flag="--output_dir"):

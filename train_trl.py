@@ -13,7 +13,6 @@ template; the reward is 1 when the completion's final answer equals the referenc
 import argparse
 import gc
 import os
-import shutil
 import sys
 from dataclasses import dataclass, field
 
@@ -25,7 +24,7 @@ from transformers.hf_argparser import string_to_bool
 from trl import GRPOConfig, GRPOTrainer
 
 import grpo_baseline as gb
-from checkpoint import make_dir
+from checkpoint import make_dir, remove
 from data import load_rows, prompt_ids, resolve_instruction, reward_fn
 from language_model import check_context, first_line
 from trl_credit import CEPOTrainer, GCPOTrainer, GoldTrainer
@@ -174,8 +173,7 @@ def check_output_dir(out, resume, overwrite):
                              f"{out}/checkpoint-N, or start afresh without it")
     elif overwrite:
         if int(os.environ.get("RANK", "0")) == 0:  # one process removes; TRL writes from process 0 only
-            for path in (os.path.join(out, name) for name in held):
-                shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+            remove(os.path.join(out, name) for name in held)
     elif held:
         checkpoints = sorted((n for n in held if n.startswith("checkpoint-")), key=lambda n: int(n.split("-")[1])
                              if n.split("-")[1].isdigit() else -1)
