@@ -32,7 +32,7 @@ import diagnostics
 import grpo_baseline as gb
 from data import extract_answer
 from embedded_task import ANSWER_HINT
-from language_model import completion_logprobs, pad_batch
+from language_model import completion_logprobs, model_context, pad_batch
 from options import OUTPUT_DIR_HELP, opt
 
 REFERENCE_HINT = " {answer}"  # the reference's hint for real models: the bare answer
@@ -115,12 +115,16 @@ def cepo_credit(batch, model, tokenizer, cfg, step):
     G = batch.group_size
     rlsd = cfg.teacher == "rlsd"
     r_minus = None if rlsd else wrong_answer_hints(batch.texts, batch.rewards, G)  # one per group
+    hint = functools.lru_cache(maxsize=None)(lambda answer: hint_ids(tokenizer, answer, cfg))  # tokenized once each
+    room = model_context(model.config)
+    if lam and room and not rlsd:  # r+'s context was checked at the start (seam 0); a sampled r- can be any length
+        r_minus = [a if a is None or len(batch.prompts[g * G]) + len(hint(a)) + batch.completion_ids.shape[1] <= room
+                   else None for g, a in enumerate(r_minus)]  # one that does not fit: no r-, GRPO's credit
     batch.notes = [f"r+ = {batch.rows[i]['answer']}, r- = " + ("the student (RLSD)" if rlsd else str(r_minus[i // G]))
                    for i in range(len(batch.rows))]
     live = [i for i in range(len(batch.rows)) if batch.advantages[i] != 0 and (rlsd or r_minus[i // G] is not None)]
     if lam == 0 or not live:  # (2.4): no teacher pass at all
         return token_adv, {"lambda": lam}
-    hint = functools.lru_cache(maxsize=None)(lambda answer: hint_ids(tokenizer, answer, cfg))  # tokenized once each
     contexts = [batch.prompts[i] + hint(batch.rows[i]["answer"]) for i in live]  # P+
     if not rlsd:
         contexts += [batch.prompts[i] + hint(r_minus[i // G]) for i in live]  # P-, in the same pass
@@ -140,9 +144,17 @@ def hint_check(model, tokenizer, eval_rows, cfg):
     return diagnostics.hint_check(model, tokenizer, eval_rows, cfg, hint_ids)
 
 
+def hinted_prompts(tokenizer, rows, prompts, cfg):
+    """The contexts seam: each row's prompt + the longer of its correct-answer hint and the hint
+    check's wrong one (diagnostics.wrong_hint), each checked with a response against the model's context."""
+    hints = ((hint_ids(tokenizer, r["answer"], cfg), hint_ids(tokenizer, diagnostics.wrong_hint(r["answer"]), cfg))
+             for r in rows)
+    return "CEPO's prompt + answer hint", [p + max(h, key=len) for p, h in zip(prompts, hints)]
+
+
 # the seams it replaces: the credit, and a preflight; the credit reads pi_old only as RLSD's P-
 METHOD = {"credit": cepo_credit, "loss_fn": gb.grpo_loss, "preflight": hint_check,
-          "reads_pi_old": lambda cfg: cfg.teacher == "rlsd"}
+          "reads_pi_old": lambda cfg: cfg.teacher == "rlsd", "contexts": hinted_prompts}
 
 if __name__ == "__main__":
     gb.main(CEPOConfig, **METHOD)

@@ -9,6 +9,7 @@ What is guaranteed (tests/test_checkpoint.py):
 - --resume continues only the run that wrote the checkpoint: same method, same options;
 - --overwrite_output_dir removes the old run's files, so nothing of it can be resumed later.
 """
+import contextlib
 import dataclasses
 import fcntl
 import json
@@ -45,10 +46,20 @@ class Run:
         self.stale = []
 
     def record(self, metrics):
-        """One step's metrics: appended to the history and, as a line, to metrics.jsonl."""
+        """One step's metrics: appended to the history and, as a line, to metrics.jsonl, if the run
+        still holds its directory (a folder removed or replaced under it may hold another run now)."""
+        held = os.path.dirname(self.lock.name)
+        try:
+            holds = os.path.samestat(os.stat(self.lock.name), os.fstat(self.lock.fileno()))
+        except OSError:
+            holds = False
+        if not holds:
+            raise ValueError(f"--output_dir {held} was removed or replaced while this run was writing to it; stopped "
+                             "before writing into it (what it holds now is not this run's)")
         self.history.append(metrics)
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(metrics) + "\n")
+        with written(self.metrics_path):
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(metrics) + "\n")
 
     def close(self):
         self.lock.close()  # releases the flock
@@ -143,11 +154,28 @@ def take_lock(out):
 
 def write_atomic(path, text):
     """Write text to path so that a kill at any moment leaves either the old file or the new one."""
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(path + ".tmp", path)
+    with written(path):
+        with open(path + ".tmp", "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(path + ".tmp", path)
+
+
+@contextlib.contextmanager
+def written(path):
+    """A write to path (through path.tmp) that fails, on a full disk most often, is one ValueError
+    saying so; the half-written temp file is removed, not left to fill the disk, and what path held
+    before is kept."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:  # torch.save's full disk: RuntimeError "unexpected pos ..."
+        if os.path.lexists(path + ".tmp"):
+            os.remove(path + ".tmp")
+        why = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)
+        free = shutil.disk_usage(os.path.dirname(path) or ".").free // 2 ** 20
+        raise ValueError(f"cannot write {path} ({why}; {free} MiB free on its disk); what it held before is kept: "
+                         "free some space, then rerun with --resume") from None
 
 
 def save_checkpoint(path, model, optimizer, step, cfg):
@@ -159,8 +187,9 @@ def save_checkpoint(path, model, optimizer, step, cfg):
              "optimizer": optimizer.state_dict(),
              "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                      "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
-    torch.save(state, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    with written(path):
+        torch.save(state, path + ".tmp")
+        os.replace(path + ".tmp", path)
 
 
 def read_checkpoint(path, cfg):

@@ -352,9 +352,12 @@ def prompt_ids(tokenizer, question, instruction="", example=None):
 
 def encode_prompts(tokenizer, rows, instruction, max_length):
     """(rows, prompt token ids) for the rows whose prompt fits in max_length tokens; the others are
-    skipped and counted."""
-    prompts = [prompt_ids(tokenizer, r["question"], instruction, r.get("example")) for r in rows]
-    keep = [i for i, p in enumerate(prompts) if len(p) <= max_length]
+    skipped and counted. A question longer than max_length of the vocabulary's longest tokens cannot
+    fit and is skipped untokenized (a 30 MB one once took minutes and gigabytes to tokenize)."""
+    chars = max_length * max(map(len, tokenizer.get_vocab()))  # no token covers more characters than its own
+    prompts = [prompt_ids(tokenizer, r["question"], instruction, r.get("example")) if len(r["question"]) <= chars
+               else None for r in rows]
+    keep = [i for i, p in enumerate(prompts) if p is not None and len(p) <= max_length]
     if len(keep) < len(prompts):
         print(f"[data] skipped {len(prompts) - len(keep)} prompts longer than --max_prompt_length {max_length}",
               file=sys.stderr)

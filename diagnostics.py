@@ -88,8 +88,7 @@ def hint_contrast(model, tokenizer, rows, cfg, hint_ids):
     wrong = [wrong_hint(r["answer"]) for r in rows]
     diff = solution_logprob_gap(model, tokenizer, [r["solution"] for r in rows],
                                 [p + hint_ids(tokenizer, r["answer"], cfg) for p, r in zip(prompts, rows)],
-                                [p + hint_ids(tokenizer, w, cfg) for p, w in zip(prompts, wrong)],
-                                cfg.temperature, cfg.micro_batch_size)
+                                [p + hint_ids(tokenizer, w, cfg) for p, w in zip(prompts, wrong)], cfg)
     return diff.mean().item(), (diff > 0).float().mean().item()
 
 
@@ -136,8 +135,8 @@ def contrast_by_role(model, tokenizer, rows, contexts_a, contexts_b, cfg):
     under contexts_a minus contexts_b (token-id lists, one per row), whole (n,) as
     solution_logprob_gap gives it, and its mean per token of each role (word_task.WORD_ROLES):
     where a context changes what the model predicts. (gaps, {role: nats per token})."""
-    gap, ids, mask = solution_logprob_gap(model, tokenizer, [r["solution"] for r in rows], contexts_a, contexts_b,
-                                          cfg.temperature, cfg.micro_batch_size, per_token=True)
+    gap, ids, mask = solution_logprob_gap(model, tokenizer, [r["solution"] for r in rows], contexts_a, contexts_b, cfg,
+                                          per_token=True)
     roles = token_roles(tokenizer, ids, mask)
     return (gap * mask).sum(1), {name: gap[roles == k].mean().item() for k, name in enumerate(WORD_ROLES) if (roles == k).any()}
 
@@ -148,5 +147,4 @@ def negative_contrast(model, tokenizer, rows, cfg, negative_prompt):
     instruction = resolve_instruction(cfg)
     return solution_logprob_gap(model, tokenizer, [r["solution"] for r in rows],
                                 [prompt_ids(tokenizer, r["question"], instruction, r.get("example")) for r in rows],
-                                [negative_prompt(tokenizer, r, cfg) for r in rows],
-                                cfg.temperature, cfg.micro_batch_size).mean().item()
+                                [negative_prompt(tokenizer, r, cfg) for r in rows], cfg).mean().item()

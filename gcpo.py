@@ -192,8 +192,14 @@ def negative_text(question, instruction, cfg, blank_question=None):
     return (blank_question or EMPTY_QUESTION) + instruction
 
 
+def negative_prompts(tokenizer, rows, prompts, cfg):
+    """The contexts seam: every row's x-, each checked with a response against the model's context."""
+    return "GCPO's negative prompt x-", [negative_prompt(tokenizer, r, cfg) for r in rows]
+
+
 # the seams it replaces; its credit reads log pi_old (lp+), so the loop scores it first
-METHOD = {"credit": gcpo_credit, "loss_fn": gcpo_loss, "recredit": gcpo_recredit, "reads_pi_old": lambda cfg: True}
+METHOD = {"credit": gcpo_credit, "loss_fn": gcpo_loss, "recredit": gcpo_recredit, "reads_pi_old": lambda cfg: True,
+          "contexts": negative_prompts}
 
 if __name__ == "__main__":
     gb.main(GCPOConfig, **METHOD)

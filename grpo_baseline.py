@@ -3,6 +3,8 @@
 One RL step, as train_run runs it; a method file replaces the seams (n), numbered in run order,
 through its METHOD dict:
 
+    (0) contexts          the contexts a response is scored under besides its prompt (GCPO's x-,
+                          CEPO's prompt + hint), checked against the model's context at the start
     (1) preflight         once, before step 1 (CEPO: does the model read its hints?)
     prompts               B per step, a pure function of (seed, step)          step_prompts
     responses, rewards    G samples per prompt, rewarded 0/1                   sample
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from checkpoint import open_run, restore, save_checkpoint
+from checkpoint import open_run, restore, save_checkpoint, written
 from data import DataOptions, encode_prompts, evaluate, resolve_instruction
 from diagnostics import step_metrics
 from dynamic_sampling import resample_informative
@@ -306,25 +308,30 @@ def step_prompts(step, batch_size, n, seed):
 
 
 def train(cfg, credit=grpo_credit, loss_fn=grpo_loss, edit_rollouts=None, recredit=None, preflight=None,
-          reads_pi_old=lambda cfg: False):
-    """Run RL with the given seams; returns the run's summary. Seam 1, preflight(model, tokenizer,
+          reads_pi_old=lambda cfg: False, contexts=None):
+    """Run RL with the given seams; returns the run's summary. Seam 0, contexts(tokenizer, rows,
+    prompts, cfg) -> (name, one token-id list per row); seam 1, preflight(model, tokenizer,
     eval_rows, cfg) -> metrics for the step-0 record."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with open_run(cfg) as run:  # locked; with --resume, the checkpoint and the history up to it
-        return train_run(run, cfg, device, credit, loss_fn, edit_rollouts, recredit, preflight, reads_pi_old)
+        return train_run(run, cfg, device, credit, loss_fn, edit_rollouts, recredit, preflight, reads_pi_old, contexts)
 
 
-def train_run(run, cfg, device, credit, loss_fn, edit_rollouts, recredit, preflight, reads_pi_old):
+def train_run(run, cfg, device, credit, loss_fn, edit_rollouts, recredit, preflight, reads_pi_old, contexts):
     """train's body, in the run directory open_run prepared."""
     train_rows, eval_rows = load_task(cfg)
     if cfg.dataset and not cfg.model:
         raise ValueError(f"--dataset {cfg.dataset} needs --model: the embedded model knows only the embedded task")
+    if cfg.dataset and cfg.eval_split == cfg.dataset_split:
+        print(f"warning: --eval_split {cfg.eval_split} is the training split: the held-out accuracy is measured on rows "
+              "the run trains on; name a split the dataset lacks to hold --eval_size rows out of training", file=sys.stderr)
     model_path = cfg.model or warm_start(cfg, train_rows, eval_rows, device)
     model, tokenizer = load_policy(model_path, cfg, device)
     instruction = resolve_instruction(cfg)
     train_rows, prompts = encode_prompts(tokenizer, train_rows, instruction, cfg.max_prompt_length)
     eval_rows, eval_prompts = encode_prompts(tokenizer, eval_rows, instruction, cfg.max_prompt_length)
-    check_context(model.config, prompts + eval_prompts, cfg.max_completion_length)
+    check_context(model.config, prompts + eval_prompts, cfg.max_completion_length,  # seam 0
+                  scored=contexts and contexts(tokenizer, train_rows + eval_rows, prompts + eval_prompts, cfg))
     ref_model = load_policy(model_path, cfg, device)[0].requires_grad_(False) if cfg.beta > 0 else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
@@ -373,7 +380,8 @@ def train_run(run, cfg, device, credit, loss_fn, edit_rollouts, recredit, prefli
         if step % cfg.save_steps == 0 or step == cfg.max_steps:
             save_checkpoint(run.ckpt_path, model, optimizer, step, cfg)
     last_credit = credit_examples(batch, token_adv, tokenizer) if start < cfg.max_steps else None
-    return write_run_report(cfg.output_dir, run.history, last_credit, model, tokenizer)
+    with written(os.path.join(cfg.output_dir, "final")):  # a full disk here: rerun with --resume to write it again
+        return write_run_report(cfg.output_dir, run.history, last_credit, model, tokenizer)
 
 
 def main(config_cls=GRPOConfig, argv=None, **method):

@@ -52,11 +52,7 @@ def load_policy(path, cfg, device):
     if gguf_file:  # dequantized: an ordinary model from here on, saved (final/) and reloaded as one
         model.hf_quantizer = None
         del model.config.quantization_config
-    if tokenizer.eos_token_id is None:
-        raise ValueError(f"--model {path}: the tokenizer has no EOS token, so responses cannot end")
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        raise ValueError(f"--model {path}: the tokenizer has {len(tokenizer)} tokens but the model embeds "
-                         f"{model.get_input_embeddings().num_embeddings}; give the tokenizer the model was trained with")
+    check_tokenizer(path, tokenizer, model.get_input_embeddings().num_embeddings)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token  # pad = eos is handled: see completion_mask
     model.generation_config.eos_token_id = collect_stop_ids(model, tokenizer)
@@ -66,16 +62,43 @@ def load_policy(path, cfg, device):
     return model, tokenizer
 
 
+def model_context(config):
+    """The model's context in positions (its config's position embeddings), or None when unbounded."""
+    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+
+
 def check_context(config, prompts, max_completion_length,
-                  shorten="lower --max_prompt_length to at most {} (longer prompts are skipped)"):
+                  shorten="lower --max_prompt_length to at most {} (longer prompts are skipped)", scored=None):
     """The longest prompt (token ids) and a response of max_completion_length must fit in the
-    model's context (its config's position embeddings), or generation would index past them."""
-    context = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    model's context, or generation would index past it. scored: (name, contexts), the contexts a
+    method scores a response under in place of its prompt (GCPO's x-, CEPO's prompt + hint), one per
+    prompt: each with a response must fit too, or that scoring pass would index past it."""
+    context = model_context(config)
     longest = max(map(len, prompts))
     if context and longest + max_completion_length > context:
         raise ValueError(f"a prompt of {longest} tokens + --max_completion_length {max_completion_length} exceed the "
                          f"model's context of {context} positions; {shorten.format(context - max_completion_length)} "
                          "or lower --max_completion_length")
+    if context and scored:
+        name, contexts = scored
+        longest = max(map(len, contexts))
+        added = max(len(c) - len(p) for c, p in zip(contexts, prompts))
+        shortest = context - max_completion_length - added  # the --max_prompt_length that would make every one fit
+        if longest + max_completion_length > context:
+            raise ValueError(f"{name} of {longest} tokens + --max_completion_length {max_completion_length} exceed the "
+                             f"model's context of {context} positions (it adds up to {added} tokens to a prompt); lower "
+                             + (f"--max_prompt_length to at most {shortest} or " if shortest > 0 else "")
+                             + "--max_completion_length")
+
+
+def check_tokenizer(path, tokenizer, embedded):
+    """A tokenizer the model can be trained with: it has an EOS token (or responses cannot end), and
+    no token id past the `embedded` rows of the model's embedding (or the first would index past it)."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"--model {path}: the tokenizer has no EOS token, so responses cannot end")
+    if embedded and len(tokenizer) > embedded:
+        raise ValueError(f"--model {path}: the tokenizer has {len(tokenizer)} tokens but the model embeds "
+                         f"{embedded}; give the tokenizer the model was trained with")
 
 
 def first_line(error):
@@ -224,17 +247,30 @@ def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completi
     return torch.cat(logps), (torch.cat(entropies) if entropy else None)
 
 
-def solution_logprob_gap(model, tokenizer, solutions, contexts_a, contexts_b, temperature, micro_batch_size,
-                         per_token=False):
+def solution_logprob_gap(model, tokenizer, solutions, contexts_a, contexts_b, cfg, per_token=False):
     """log pi(solution, end of turn | context_a) - log pi(solution, end of turn | context_b) for
     each solution text, (n,): how the methods check that a model reads the contexts they score
-    under (diagnostics.hint_contrast, diagnostics.negative_contrast). Contexts are token-id lists.
-    per_token: (the gap of each token (n, L), the solutions' token ids (n, L), their mask) instead."""
+    under (diagnostics.hint_contrast, diagnostics.negative_contrast). Contexts are token-id lists
+    that fit in the model's context (check_context). A solution is scored as a response is: its
+    first --max_completion_length tokens, fewer where its longer context leaves less room.
+    Micro-batches hold contexts of similar length, each padded to its own longest, so one long
+    context costs its own rows only. per_token: (the gap of each token (n, L), the solutions'
+    token ids (n, L), their mask) instead."""
     end = end_of_turn_id(tokenizer)
-    responses = [tokenizer(s, add_special_tokens=False).input_ids + [end] for s in solutions] * 2
+    room = model_context(model.config)
+    responses = [(tokenizer(s, add_special_tokens=False).input_ids + [end])[:cfg.max_completion_length] for s in solutions]
+    if room:
+        responses = [r[:max(0, room - max(len(a), len(b)))] for r, a, b in zip(responses, contexts_a, contexts_b)]
     device = next(model.parameters()).device
-    ids, mask, completion_ids, completion_mask = pad_batch(contexts_a + contexts_b, responses, tokenizer.pad_token_id, device)
-    logp = completion_logprobs(model, ids, mask, completion_ids, completion_mask, temperature, micro_batch_size)[0]
+    contexts = contexts_a + contexts_b
+    _, _, completion_ids, completion_mask = pad_batch([[]] * len(contexts), responses * 2, tokenizer.pad_token_id, device)
+    logp = torch.zeros(completion_ids.shape, device=device)
+    order = sorted(range(len(contexts)), key=lambda i: len(contexts[i]))
+    for s in range(0, len(order), cfg.micro_batch_size):
+        rows = order[s:s + cfg.micro_batch_size]
+        ids, mask, _, _ = pad_batch([contexts[i] for i in rows], [[]] * len(rows), tokenizer.pad_token_id, device)
+        logp[rows] = completion_logprobs(model, ids, mask, completion_ids[rows], completion_mask[rows], cfg.temperature,
+                                         cfg.micro_batch_size)[0]
     n = len(solutions)
     if per_token:
         return logp[:n] - logp[n:], completion_ids[:n], completion_mask[:n]

@@ -26,7 +26,7 @@ from trl import GRPOConfig, GRPOTrainer
 import grpo_baseline as gb
 from checkpoint import make_dir, remove
 from data import load_rows, prompt_ids, resolve_instruction, reward_fn
-from language_model import check_context, first_line
+from language_model import check_context, check_tokenizer, first_line
 from trl_credit import CEPOTrainer, GCPOTrainer, GoldTrainer
 
 TRAINERS = {"grpo": GRPOTrainer, "gcpo": GCPOTrainer, "cepo": CEPOTrainer, "gold": GoldTrainer}
@@ -126,7 +126,7 @@ def train(argv):
     """Check the command line and the data, train, save: None, or bad input's one-line message."""
     try:
         trainer, script, args, options = parse(argv)
-        check_output_dir(args.output_dir, args.resume_from_checkpoint, script.overwrite_output_dir)
+        stale = check_output_dir(args.output_dir, args.resume_from_checkpoint, script.overwrite_output_dir)
         cfg = gb.GRPOConfig(model=script.model, dataset=script.dataset, dataset_config=script.dataset_config,
                             dataset_split=script.dataset_split, question_field=script.question_field,
                             answer_field=script.answer_field, instruction=script.instruction,
@@ -137,6 +137,7 @@ def train(argv):
             config = AutoConfig.from_pretrained(script.model)
         except (OSError, ValueError) as e:
             raise ValueError(f"--model {script.model}: cannot load its tokenizer and config ({first_line(e)})") from None
+        check_tokenizer(script.model, tokenizer, getattr(config, "vocab_size", None))
         instruction = resolve_instruction(cfg)
         check_context(config, [prompt_ids(tokenizer, r["question"], instruction) for r in rows],
                       args.max_completion_length or 0, shorten="drop the dataset's prompts longer than {} tokens")
@@ -150,6 +151,8 @@ def train(argv):
                           processing_class=tokenizer, **options)
         except (OSError, SafetensorError) as e:  # no weights file, or a truncated one
             raise ValueError(f"--model {script.model}: cannot load its weights ({first_line(e)})") from None
+        if int(os.environ.get("RANK", "0")) == 0:  # --overwrite_output_dir: only now, every check passed; one process
+            remove(stale)
         run.train(resume_from_checkpoint=args.resume_from_checkpoint)
         run.save_model()
         run.save_state()  # trainer_state.json: the logged metrics, step by step
@@ -162,7 +165,9 @@ RUN_FILES = ("model.safetensors", "trainer_state.json", "training_args.bin", "co
 
 def check_output_dir(out, resume, overwrite):
     """A writable --output_dir that holds no earlier run, unless --resume_from_checkpoint continues one
-    or --overwrite_output_dir replaces it (TRL would write over it silently, checkpoints included)."""
+    or --overwrite_output_dir replaces it (TRL would write over it silently, checkpoints included).
+    Returns the old run's files that --overwrite_output_dir replaces, to remove once the new run has
+    passed its checks (a typo in --dataset must not cost the old run)."""
     if resume and overwrite:
         raise ValueError("--resume_from_checkpoint and --overwrite_output_dir contradict each other: pass one")
     make_dir(out)
@@ -172,14 +177,14 @@ def check_output_dir(out, resume, overwrite):
             raise ValueError(f"--resume_from_checkpoint {resume}: no such checkpoint folder; pass one of "
                              f"{out}/checkpoint-N, or start afresh without it")
     elif overwrite:
-        if int(os.environ.get("RANK", "0")) == 0:  # one process removes; TRL writes from process 0 only
-            remove(os.path.join(out, name) for name in held)
+        return [os.path.join(out, name) for name in held]
     elif held:
         checkpoints = sorted((n for n in held if n.startswith("checkpoint-")), key=lambda n: int(n.split("-")[1])
                              if n.split("-")[1].isdigit() else -1)
         hint = f"--resume_from_checkpoint {os.path.join(out, checkpoints[-1])} to continue it, " if checkpoints else ""
         raise ValueError(f"--output_dir {out} already holds a run ({', '.join(held[:4])}): pass {hint}"
                          "--overwrite_output_dir to replace it, or choose another --output_dir")
+    return []
 
 
 def close_process_group():

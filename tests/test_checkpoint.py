@@ -3,6 +3,7 @@ pickle, a damaged or shortened metrics log, a kill at the worst moment, a second
 directory, a checkpoint of another method or model. Each is a clear one-line error naming the file
 (never a traceback, never code run, never a half-restored run), or the run goes on losing nothing."""
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -175,6 +176,49 @@ def test_a_second_run_in_a_live_runs_directory_is_refused_naming_it(tiny_cfg):
                 gb.train(other)
     with open_run(cfg):  # released when the first run ends
         pass
+
+
+def test_a_run_whose_directory_is_removed_and_taken_by_another_writes_nothing_into_it(tmp_path):
+    """rm -rf of a live run's --output_dir removes its lock with it, so a second run may start there;
+    the first stops at its next record, in one line, instead of appending its steps to the second's
+    history (seen: steps 0, 1, 0, 1, 2, 2, 3)."""
+    cfg = gb.GRPOConfig(output_dir=str(tmp_path / "run"))
+    with open_run(cfg) as first:
+        first.record({"step": 0})
+        shutil.rmtree(cfg.output_dir)
+        with open_run(cfg) as second:
+            second.record({"step": 0})
+            with pytest.raises(ValueError, match=f"--output_dir {cfg.output_dir} was removed or replaced while this run"):
+                first.record({"step": 1})
+    assert read_metrics(cfg.output_dir) == [{"step": 0}]
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(tmp_path):
+    """A checkpoint that cannot be written (a full disk; here a file-size limit, which fails the same
+    write) stops the run in one line saying so, keeps the previous checkpoint, and leaves no half-
+    written temp file to keep the disk full; torch's own error named no disk at all."""
+    script = textwrap.dedent(f"""
+        import resource, signal, sys, torch
+        sys.path.insert(0, {ROOT!r})
+        import grpo_baseline as gb
+        from checkpoint import save_checkpoint
+        model = torch.nn.Linear(300, 300)
+        optimizer = torch.optim.AdamW(model.parameters())
+        path = {str(tmp_path / "checkpoint.pt")!r}
+        save_checkpoint(path, model, optimizer, 1, gb.GRPOConfig())
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing us
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.RLIM_INFINITY))
+        try:
+            save_checkpoint(path, model, optimizer, 2, gb.GRPOConfig())
+        except ValueError as e:
+            print(e)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"cannot write {tmp_path / 'checkpoint.pt'} (") and "free on its disk" in out.stdout
+    assert "rerun with --resume" in out.stdout
+    assert os.listdir(tmp_path) == ["checkpoint.pt"]  # no checkpoint.pt.tmp
+    assert read_checkpoint(str(tmp_path / "checkpoint.pt"), gb.GRPOConfig())["step"] == 1
 
 
 def test_overwrite_removes_the_old_run_so_it_cannot_be_resumed(tiny_cfg):

@@ -8,6 +8,7 @@ import re
 import tempfile
 import time
 from decimal import Decimal
+from unittest import mock
 
 import pytest
 from hypothesis import given, strategies as st
@@ -15,6 +16,7 @@ from hypothesis import given, strategies as st
 import data
 import grpo_baseline as gb
 from data import answers_match, bare_answer, check_answer, extract_answer, load_rows, reward_fn
+from embedded_task import char_tokenizer
 from grpo_baseline import GRPOConfig
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
@@ -373,3 +375,25 @@ def test_a_question_or_answer_that_is_neither_text_nor_a_number_is_skipped_and_n
     assert "row 2: answer is a bool" in err and [r["question"] for r in train] == ["7", "q"]
     assert "skipped 4 of 6 rows" in err and data.unusable("q \ud800", "question") == (
         "question holds a character that is not Unicode text (a lone surrogate)")
+
+
+@given(st.integers(1, 40), st.lists(st.integers(0, 400), min_size=1, max_size=6))
+def test_prompts_too_long_are_skipped_whether_or_not_they_are_tokenized(max_length, lengths):
+    """encode_prompts keeps exactly the rows whose prompt fits in max_length tokens; a question that
+    cannot fit (longer than max_length of the vocabulary's longest tokens) is not tokenized at all."""
+    tok = char_tokenizer()  # one token per character; its longest token, '<pad>', is 5 characters
+    rows = [{"question": "7" * n, "answer": "7"} for n in lengths]
+    tokenized = []
+    real = data.prompt_ids
+
+    def spy(tokenizer, question, *args):
+        tokenized.append(len(question))
+        return real(tokenizer, question, *args)
+    with mock.patch.object(data, "prompt_ids", spy):
+        try:
+            kept, prompts = data.encode_prompts(tok, rows, "", max_length)
+        except ValueError:  # every prompt too long
+            kept, prompts = [], []
+    fits = [r for r in rows if len(real(tok, r["question"])) <= max_length]
+    assert kept == fits and all(len(p) <= max_length for p in prompts)
+    assert all(n <= 5 * max_length for n in tokenized)

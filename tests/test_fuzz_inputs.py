@@ -171,7 +171,7 @@ def test_the_hooks_take_every_row_the_loader_accepts(tokenizer, lines):
     rows = [r for r in load_or_explain(write("d.jsonl", "\n".join(lines))) or [] if r["solution"]]
     contexts = []
 
-    def gap(model, tok, solutions, right, wrong, temperature, micro_batch_size):
+    def gap(model, tok, solutions, right, wrong, cfg):
         contexts.extend(zip(right, wrong))
         return torch.zeros(len(solutions))
 

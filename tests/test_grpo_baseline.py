@@ -7,7 +7,9 @@ import signal
 import pytest
 import torch
 
+import cepo
 import dynamic_sampling
+import gcpo
 import grpo_baseline as gb
 from data import DEFAULT_INSTRUCTION, prompt_ids
 from embedded_task import char_tokenizer, warm_start
@@ -263,9 +265,9 @@ def tiny_llama_dir(path, **config):
     from transformers import LlamaConfig, LlamaForCausalLM
     tok = char_tokenizer()
     torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                 num_attention_heads=2, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                                 **config)).save_pretrained(path)
+    LlamaForCausalLM(LlamaConfig(**{"vocab_size": len(tok), **config}, hidden_size=32, intermediate_size=64,
+                                 num_hidden_layers=1, num_attention_heads=2, pad_token_id=tok.pad_token_id,
+                                 eos_token_id=tok.eos_token_id)).save_pretrained(path)
     tok.save_pretrained(path)
     return str(path)
 
@@ -291,6 +293,90 @@ def test_prompts_and_responses_must_fit_the_models_context_and_held_out_prompts_
                                          "64 positions; lower --max_prompt_length to at most 4"):
         gb.train(gb.GRPOConfig(**cfg, max_completion_length=60, output_dir=str(tmp_path / "too_long")))
     assert not evaluated  # refused before the step-0 evaluation
+
+
+def test_the_contexts_a_method_scores_responses_under_must_fit_the_models_context(tmp_path, monkeypatch):
+    """Seam 0: GCPO's x- and CEPO's prompt + hint, each with a response, must fit in the model's
+    context as the prompt must; refused in one line before the step-0 evaluation, where a run used
+    to index past the position embeddings at its first live group (or scored past the trained
+    context of a rotary model)."""
+    model = tiny_llama_dir(tmp_path / "model", max_position_embeddings=64)
+    os.makedirs(tmp_path / "data")
+    rows = [{"question": f"{a}+{a}?", "answer": str(2 * a)} for a in range(12)]
+    long_answer = [{"question": "1+1?", "answer": "7" * 50}]  # a hint of 51 tokens: 5 + 51 + 20 > 64
+    for name, split in (("short", rows), ("long", rows[:9] + long_answer + rows[9:])):
+        os.makedirs(tmp_path / name)
+        for part in ("train", "test"):
+            (tmp_path / name / f"{part}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in split))
+    evaluated = []
+    monkeypatch.setattr(gb, "evaluate", lambda *args: evaluated.append(1) or 0.0)
+
+    def run(config, method, data, **options):
+        cfg = config(model=model, dataset=str(tmp_path / data), instruction="", max_prompt_length=40, prompts_per_step=2,
+                     num_generations=2, max_steps=1, eval_size=4, max_completion_length=20,
+                     output_dir=str(tmp_path / f"run{len(os.listdir(tmp_path))}"), **options)
+        gb.train(cfg, **method.METHOD)
+
+    # the reference's request adds 51 tokens to the longest prompt, 7 tokens
+    with pytest.raises(ValueError, match="GCPO's negative prompt x- of 58 tokens \\+ --max_completion_length 20 exceed "
+                                         "the model's context of 64 positions \\(it adds up to 51 tokens to a prompt\\); "
+                                         "lower --max_completion_length"):
+        run(gcpo.GCPOConfig, gcpo, "short")
+    with pytest.raises(ValueError, match="CEPO's prompt \\+ answer hint of 56 tokens \\+ --max_completion_length 20"):
+        run(cepo.CEPOConfig, cepo, "long")
+    with pytest.raises(ValueError, match="CEPO's prompt \\+ answer hint"):
+        run(cepo.CEPOConfig, cepo, "long", teacher="rlsd")  # RLSD scores x + hint(r+) + y as well
+    assert not evaluated  # each refused before the step-0 evaluation
+    run(gcpo.GCPOConfig, gcpo, "short", negative_instruction=" Be wrong.")  # 16 + 20 tokens fit
+    run(cepo.CEPOConfig, cepo, "short")
+    run(gb.GRPOConfig, gb, "long")  # GRPO scores no hint: the long answer is no concern of it
+    assert len(evaluated) == 6  # at step 0 and after the last step of each
+
+
+def test_a_sampled_wrong_answer_too_long_for_the_context_gets_no_teacher(tmp_path):
+    """CEPO's r- is a sampled answer, of any length: a group whose prompt + hint(r-) + response would
+    not fit in the model's context gets GRPO's credit instead of a teacher pass past its positions
+    (an IndexError in GPT-2's position embeddings); the other groups are scored as before."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    tok = char_tokenizer()
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=1, n_head=2,
+                                       pad_token_id=tok.pad_token_id, bos_token_id=tok.eos_token_id,
+                                       eos_token_id=tok.eos_token_id)).eval()
+    cfg = cepo.CEPOConfig(model="gpt2", max_completion_length=12, num_generations=2)
+    rows = [{"question": "3+3?", "answer": "6"}, {"question": "4+4?", "answer": "8"}]
+    prompts = [prompt_ids(tok, r["question"]) for r in rows for _ in range(2)]
+    texts = ["#### 6", "#### " + "7" * 60, "#### 8", "#### 9"]  # group 0's r- cannot fit; group 1's can
+    completions = [tok(t[:12], add_special_tokens=False).input_ids for t in texts]
+    p_ids, p_mask, c_ids, c_mask = gb.pad_batch(prompts, completions, tok.pad_token_id, "cpu")
+    rewards = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    batch = gb.Rollouts([r for r in rows for _ in range(2)], prompts, p_ids, p_mask, c_ids, c_mask, texts, rewards,
+                        gb.group_advantages(rewards, 2), group_size=2, sampled=torch.ones(4, dtype=torch.bool))
+    token_adv, stats = cepo.cepo_credit(batch, model, tok, cfg, step=1)
+    grpo = gb.grpo_token_advantages(batch.advantages, c_mask)
+    assert stats["teacher_rows"] == 2  # group 1's two responses only
+    assert torch.equal(token_adv[:2], grpo[:2]) and not torch.equal(token_adv[2:], grpo[2:])
+    assert batch.notes[0].endswith("r- = None") and batch.notes[2].endswith("r- = 9")
+
+
+def test_an_eval_split_that_is_the_training_split_is_warned_of(tmp_path, capsys):
+    """--eval_split train with --dataset_split train measures 'held-out' accuracy on training rows:
+    said, before the model loads (here it cannot), not refused (a user may want exactly that)."""
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"question": f"{a}+{a}?", "answer": str(2 * a)}) + "\n" for a in range(8)))
+    for split, warned in (("train", True), ("test", False)):
+        with pytest.raises(ValueError, match="--model"):
+            gb.train(gb.GRPOConfig(model=str(tmp_path / "none"), dataset=str(data), eval_split=split, eval_size=2,
+                                   output_dir=str(tmp_path / split)))
+        assert ("warning: --eval_split train is the training split" in capsys.readouterr().err) == warned
+
+
+def test_a_tokenizer_larger_than_the_models_embedding_is_one_line(tmp_path):
+    """A tokenizer with ids past the model's embedding rows (another model's): refused at load, where
+    the step-0 evaluation used to die in the embedding with an IndexError."""
+    path = tiny_llama_dir(tmp_path / "model", vocab_size=50)  # the character tokenizer has 99 tokens
+    with pytest.raises(ValueError, match=f"--model {path}: the tokenizer has 99 tokens but the model embeds 50"):
+        load_policy(path, gb.GRPOConfig(), torch.device("cpu"))
 
 
 def test_a_truncated_weights_file_is_one_line(tmp_path):

@@ -726,10 +726,44 @@ def test_the_script_checks_its_output_dir_before_anything_loads(tmp_path):
                           "--resume_from_checkpoint and --overwrite_output_dir contradict each other: pass one")):
         with pytest.raises(SystemExit, match="^" + re.escape("error: " + error)):
             train_trl.main(["--model", "m", "--dataset", str(tmp_path / "none.jsonl"), "--use_cpu", "--output_dir", *flags])
-    with pytest.raises(SystemExit, match="no such file"):  # replaced: the old run's files go, then the dataset is read
+    kept = sorted(os.listdir(held))
+    with pytest.raises(SystemExit, match="no such file"):  # to be replaced, but the dataset is not there: the old run stays
         train_trl.main(["--model", "m", "--dataset", str(tmp_path / "none.jsonl"), "--use_cpu", "--output_dir", str(held),
                         "--overwrite_output_dir"])
-    assert os.listdir(held) == []
+    assert sorted(os.listdir(held)) == kept
+
+
+def test_the_script_replaces_an_old_run_only_once_the_new_one_is_built(tmp_path, monkeypatch):
+    """--overwrite_output_dir: the old run's files are still there while the trainer is built (the
+    model loads), and gone before it trains; files that are not a run's stay."""
+    from embedded_task import char_tokenizer
+    tok = char_tokenizer()
+    tok.save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": len(tok)}))
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps({"question": "1+2", "answer": "#### 3"}) + "\n")
+    out = tmp_path / "out"
+    (out / "checkpoint-3").mkdir(parents=True)
+    (out / "trainer_state.json").write_text("{}")
+    (out / "notes.txt").write_text("mine")
+    seen = []
+
+    class Trainer:  # stands in for GRPOTrainer: what the output folder holds at each stage
+        def __init__(self, **kwargs):
+            seen.append(sorted(os.listdir(out)))
+
+        def train(self, resume_from_checkpoint=None):
+            seen.append(sorted(os.listdir(out)))
+
+        def save_model(self):
+            pass
+
+        save_state = save_model
+    monkeypatch.setattr(train_trl, "GRPOTrainer", Trainer)
+    monkeypatch.setitem(train_trl.TRAINERS, "grpo", Trainer)
+    assert train_trl.train(["--model", str(tmp_path / "m"), "--dataset", str(data), "--output_dir", str(out),
+                            "--overwrite_output_dir", "--use_cpu", "--max_completion_length", "8"]) is None
+    assert seen == [["checkpoint-3", "notes.txt", "trainer_state.json"], ["notes.txt"]]
 
 
 def test_the_script_resumes_from_a_checkpoint(warm, tmp_path):
@@ -754,8 +788,8 @@ def test_the_script_resumes_from_a_checkpoint(warm, tmp_path):
 
 
 def test_the_script_checks_the_model_before_training(tmp_path, capsys):
-    """A model directory without its weights, and prompts that with --max_completion_length exceed
-    the model's context: one line each, before TRL loads anything."""
+    """A model directory without its weights, prompts that with --max_completion_length exceed the
+    model's context, a tokenizer without EOS: one line each, before TRL loads anything."""
     from transformers import LlamaConfig, LlamaForCausalLM
     from embedded_task import char_tokenizer
     tok = char_tokenizer()
@@ -772,4 +806,8 @@ def test_the_script_checks_the_model_before_training(tmp_path, capsys):
         train_trl.main([*base, "--max_completion_length", "61"])
     (tmp_path / "m" / "model.safetensors").unlink()
     with pytest.raises(SystemExit, match=f"--model {tmp_path / 'm'}: cannot load its weights"):
+        train_trl.main([*base, "--max_completion_length", "8"])
+    tok.eos_token = None  # a tokenizer without EOS (TRL's padding died on it with a TypeError); checked before the weights
+    tok.save_pretrained(tmp_path / "m")
+    with pytest.raises(SystemExit, match=f"--model {tmp_path / 'm'}: the tokenizer has no EOS token"):
         train_trl.main([*base, "--max_completion_length", "8"])
