@@ -10,6 +10,7 @@ import csv
 import functools
 import io
 import json
+import math
 import os
 import random
 import re
@@ -167,6 +168,8 @@ def load_rows(cfg, splits=None):
     if cfg.dataset_split not in splits:
         raise ValueError(f"--dataset_split {cfg.dataset_split!r} not in {cfg.dataset}: it has {list(splits)}")
     train = clean_rows(splits[cfg.dataset_split], cfg, cfg.dataset_split)
+    if cfg.eval_split == cfg.dataset_split:  # read once: its skipped rows are counted once
+        return train, train[:cfg.eval_size]
     if cfg.eval_split in splits:
         return train, clean_rows(splits[cfg.eval_split], cfg, cfg.eval_split)[:cfg.eval_size]
     if len(train) <= cfg.eval_size:  # no held-out split: carve one off, deterministically
@@ -375,4 +378,13 @@ def evaluate(model, tokenizer, rows, cfg, device, instruction, reward):
     """Greedy held-out accuracy under reward(response, row) -> (reward, timed_out)."""
     prompts = [prompt_ids(tokenizer, r["question"], instruction, r.get("example")) for r in rows]
     _, _, texts = generate(model, tokenizer, prompts, cfg, device, greedy=True)
-    return sum(reward(t, r)[0] for t, r in zip(texts, rows)) / len(rows)
+    return sum(finite_rewards([reward(t, r)[0] for t, r in zip(texts, rows)])) / len(rows)
+
+
+def finite_rewards(rewards):
+    """The rewards (numbers), unchanged; a non-finite one is bad input from the reward function (a
+    NaN makes every advantage of its group NaN, and every update is skipped): one line."""
+    bad = [r for r in rewards if not math.isfinite(r)]
+    if bad:
+        raise ValueError(f"the reward function returned {bad[0]} for a response; rewards must be finite numbers")
+    return rewards

@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import open_run, restore, save_checkpoint, written
-from data import DataOptions, encode_prompts, evaluate, resolve_instruction
+from data import DataOptions, encode_prompts, evaluate, finite_rewards, resolve_instruction
 from diagnostics import step_metrics
 from dynamic_sampling import resample_informative
 from embedded_task import TaskOptions, load_task, task_reward, warm_start
@@ -119,10 +119,7 @@ def sample(model, tokenizer, rows, prompts, cfg, device, stats):
     reward_of = task_reward(cfg)
     checked = [reward_of(t, r) for t, r in zip(texts, rows)]
     stats["verify_timeouts"] = stats.get("verify_timeouts", 0) + sum(timed_out for _, timed_out in checked)
-    rewards = torch.tensor([reward for reward, _ in checked], device=device)
-    if not torch.isfinite(rewards).all():  # one NaN makes every advantage NaN, and every update is skipped
-        raise ValueError(f"the reward function returned {rewards[~torch.isfinite(rewards)][0].item()} for a response; "
-                         "rewards must be finite numbers")
+    rewards = torch.tensor(finite_rewards([reward for reward, _ in checked]), device=device)
     return rows, prompts, completion_ids, mask, texts, rewards
 
 
@@ -331,7 +328,8 @@ def train_run(run, cfg, device, credit, loss_fn, edit_rollouts, recredit, prefli
     train_rows, prompts = encode_prompts(tokenizer, train_rows, instruction, cfg.max_prompt_length)
     eval_rows, eval_prompts = encode_prompts(tokenizer, eval_rows, instruction, cfg.max_prompt_length)
     check_context(model.config, prompts + eval_prompts, cfg.max_completion_length,  # seam 0
-                  scored=contexts and contexts(tokenizer, train_rows + eval_rows, prompts + eval_prompts, cfg))
+                  scored=contexts and contexts(tokenizer, train_rows + eval_rows, prompts + eval_prompts, cfg),
+                  rows=train_rows + eval_rows)
     ref_model = load_policy(model_path, cfg, device)[0].requires_grad_(False) if cfg.beta > 0 else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 

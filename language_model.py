@@ -68,11 +68,12 @@ def model_context(config):
 
 
 def check_context(config, prompts, max_completion_length,
-                  shorten="lower --max_prompt_length to at most {} (longer prompts are skipped)", scored=None):
+                  shorten="lower --max_prompt_length to at most {} (longer prompts are skipped)", scored=None, rows=None):
     """The longest prompt (token ids) and a response of max_completion_length must fit in the
     model's context, or generation would index past it. scored: (name, contexts), the contexts a
     method scores a response under in place of its prompt (GCPO's x-, CEPO's prompt + hint), one per
-    prompt: each with a response must fit too, or that scoring pass would index past it."""
+    prompt: each with a response must fit too, or that scoring pass would index past it. rows: the
+    prompts' rows, to name one whose context cannot fit even with a one-token response."""
     context = model_context(config)
     longest = max(map(len, prompts))
     if context and longest + max_completion_length > context:
@@ -81,14 +82,18 @@ def check_context(config, prompts, max_completion_length,
                          "or lower --max_completion_length")
     if context and scored:
         name, contexts = scored
-        longest = max(map(len, contexts))
+        i = max(range(len(contexts)), key=lambda i: len(contexts[i]))
         added = max(len(c) - len(p) for c, p in zip(contexts, prompts))
         shortest = context - max_completion_length - added  # the --max_prompt_length that would make every one fit
-        if longest + max_completion_length > context:
-            raise ValueError(f"{name} of {longest} tokens + --max_completion_length {max_completion_length} exceed the "
-                             f"model's context of {context} positions (it adds up to {added} tokens to a prompt); lower "
-                             + (f"--max_prompt_length to at most {shortest} or " if shortest > 0 else "")
-                             + "--max_completion_length")
+        if len(contexts[i]) + max_completion_length > context:
+            if len(contexts[i]) >= context and rows is not None:  # no option helps: this row's context is too long itself
+                fix = f"remove the row whose question begins {rows[i]['question'][:40]!r}"
+            else:
+                fix = (f"lower --max_prompt_length to at most {shortest} or " if shortest > 0 else "lower ") + \
+                    "--max_completion_length"
+            raise ValueError(f"{name} of {len(contexts[i])} tokens + --max_completion_length {max_completion_length} "
+                             f"exceed the model's context of {context} positions (it adds up to {added} tokens to a "
+                             f"prompt); {fix}")
 
 
 def check_tokenizer(path, tokenizer, embedded):

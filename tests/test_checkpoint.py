@@ -258,6 +258,63 @@ def test_bad_directories_are_one_line_before_any_work(tiny_cfg, tmp_path, monkey
         gb.train(cfg)
 
 
+KILLED_AT = textwrap.dedent("""
+    import os, signal, sys
+    sys.path.insert(0, {root!r})
+    import checkpoint, grpo_baseline as gb
+    calls = 0
+    def at(real):
+        def wrapper(*args, **kwargs):
+            global calls
+            calls += 1
+            if calls == {nth}:
+                if real is gb.save_checkpoint:  # mid-write: half a temp file, then the signal
+                    open(args[0] + ".tmp", "wb").write(b"half a checkpoint")
+                os.kill(os.getpid(), signal.SIG{signal})
+            return real(*args, **kwargs)
+        return wrapper
+    {owner}.{name} = at({owner}.{name})
+    gb.main(gb.GRPOConfig, {argv!r})
+""")
+def untimed(output_dir):
+    """A run's metrics without the seconds and memory, which no two runs share."""
+    return [{k: v for k, v in m.items() if not k.startswith("t_") and k != "peak_mem_mb"} for m in read_metrics(output_dir)]
+
+
+PHASES = {"rollout": "gb", "update": "gb", "evaluate": "gb", "save_checkpoint": "gb", "record": "checkpoint.Run"}
+RESUMED = {}  # the uninterrupted run's (metrics, weights), computed once
+
+
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(["TERM", "INT", "KILL"]), st.sampled_from(sorted(PHASES)), st.integers(1, 3))
+def test_a_run_killed_anywhere_and_resumed_equals_the_uninterrupted_run(tiny_cfg, tmp_path, signal, phase, nth):
+    """Resume = uninterrupted: a run of 3 steps (a checkpoint after each) killed by SIGTERM, SIGINT or
+    SIGKILL at the nth call of a phase (sampling, the update, an evaluation, a metrics record, a
+    checkpoint half written), then resumed with --resume (or, killed before its first checkpoint,
+    started again with --overwrite_output_dir), ends with the uninterrupted run's metrics and weights."""
+    options = dict(max_steps=3, save_steps=1)
+    if not RESUMED:
+        full = tiny_cfg(**options, output_dir=str(tmp_path / "full"))
+        gb.train(full)
+        RESUMED.update(metrics=untimed(full.output_dir), weights=torch.load(
+            os.path.join(full.output_dir, "checkpoint.pt"), weights_only=True)["model"])
+    cfg = tiny_cfg(**options, output_dir=str(tmp_path / f"cut_{signal}_{phase}_{nth}"))
+    argv = [item for k, v in vars(cfg).items() if v is not None and not isinstance(v, bool) for item in (f"--{k}", str(v))]
+    code = KILLED_AT.format(root=ROOT, nth=nth, signal=signal, owner=PHASES[phase], name=phase, argv=argv)
+    killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert killed.returncode != 0, killed.stderr[-2000:]
+    if signal != "KILL":
+        assert killed.stderr.strip().splitlines()[-1].startswith("interrupted; rerun with --resume"), killed.stderr[-2000:]
+    if os.path.exists(os.path.join(cfg.output_dir, "metrics.jsonl")):
+        with pytest.raises(ValueError, match="already holds a run: pass --resume"):  # a plain restart clobbers nothing
+            gb.train(cfg)
+    started = os.path.exists(os.path.join(cfg.output_dir, "checkpoint.pt"))
+    gb.train(tiny_cfg(**options, output_dir=cfg.output_dir, resume=started, overwrite_output_dir=not started))
+    assert untimed(cfg.output_dir) == RESUMED["metrics"]
+    weights = torch.load(os.path.join(cfg.output_dir, "checkpoint.pt"), weights_only=True)["model"]
+    assert all(torch.equal(value, RESUMED["weights"][name]) for name, value in weights.items())
+
+
 KILLED_IN_FIRST_STEP = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, {root!r})

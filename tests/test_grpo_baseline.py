@@ -130,32 +130,6 @@ def test_sigterm_ends_a_run_as_ctrl_c_does(monkeypatch, tmp_path):
     assert signal.getsignal(signal.SIGTERM) is before
 
 
-def test_resume_after_a_kill_continues_with_the_same_numbers(tiny_cfg, tmp_path, monkeypatch):
-    full = tiny_cfg(output_dir=str(tmp_path / "full"), max_steps=4)
-    gb.train(full)
-
-    cut = tiny_cfg(output_dir=str(tmp_path / "cut"), max_steps=4)
-    real_update, calls = gb.update, []
-
-    def killed_at_step_3(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:  # after the step-2 checkpoint, mid-way through step 3
-            raise KeyboardInterrupt
-        return real_update(*args, **kwargs)
-
-    monkeypatch.setattr(gb, "update", killed_at_step_3)
-    with pytest.raises(KeyboardInterrupt):
-        gb.train(cut)
-    monkeypatch.setattr(gb, "update", real_update)
-    with pytest.raises(ValueError, match="--resume"):  # a restart without --resume must not clobber the run
-        gb.train(cut)
-    gb.train(tiny_cfg(output_dir=str(tmp_path / "cut"), max_steps=4, resume=True))
-
-    assert read_metrics(cut.output_dir) == read_metrics(full.output_dir)
-    for name, value in final_weights(full.output_dir).items():
-        assert torch.equal(value, final_weights(cut.output_dir)[name]), name
-
-
 def test_resume_refuses_changed_options(tiny_cfg):
     gb.train(tiny_cfg(max_steps=2))
     with pytest.raises(ValueError, match="learning_rate"):
@@ -164,10 +138,16 @@ def test_resume_refuses_changed_options(tiny_cfg):
 
 def test_a_non_finite_reward_is_one_line_not_a_run_of_skipped_updates(tiny_cfg, monkeypatch):
     """A reward function (Python API) that returns NaN once made every advantage NaN: every update
-    skipped, and the run 'finished'. Now the first such reward it trains on stops it, naming the value."""
-    monkeypatch.setattr(gb, "task_reward", lambda cfg: lambda response, row: (float("nan"), False))
+    skipped, and the run 'finished'. Now the first such reward stops it, naming the value: in the step-0
+    evaluation, before a NaN accuracy is recorded, or in a step."""
+    nan = lambda response, row: (float("nan"), False)  # noqa: E731
+    monkeypatch.setattr(gb, "task_reward", lambda cfg: nan)
     with pytest.raises(ValueError, match="^the reward function returned nan for a response; rewards must be finite"):
         gb.train(tiny_cfg(max_steps=1))
+    assert not os.path.exists(os.path.join(tiny_cfg().output_dir, "metrics.jsonl"))  # no record of a NaN accuracy
+    monkeypatch.setattr(gb, "evaluate", lambda *args: 0.5)
+    with pytest.raises(ValueError, match="^the reward function returned nan for a response; rewards must be finite"):
+        gb.train(tiny_cfg(max_steps=1, output_dir=tiny_cfg().output_dir + "_steps"))
 
 
 def test_non_finite_credit_skips_the_update_and_keeps_the_checkpoint_clean(tiny_cfg, capsys):
@@ -304,7 +284,8 @@ def test_the_contexts_a_method_scores_responses_under_must_fit_the_models_contex
     os.makedirs(tmp_path / "data")
     rows = [{"question": f"{a}+{a}?", "answer": str(2 * a)} for a in range(12)]
     long_answer = [{"question": "1+1?", "answer": "7" * 50}]  # a hint of 51 tokens: 5 + 51 + 20 > 64
-    for name, split in (("short", rows), ("long", rows[:9] + long_answer + rows[9:])):
+    longer = [{"question": "1+1?", "answer": "7" * 58}]
+    for name, split in (("short", rows), ("long", rows[:9] + long_answer + rows[9:]), ("longer", rows[:3] + longer)):
         os.makedirs(tmp_path / name)
         for part in ("train", "test"):
             (tmp_path / name / f"{part}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in split))
@@ -327,6 +308,9 @@ def test_the_contexts_a_method_scores_responses_under_must_fit_the_models_contex
     with pytest.raises(ValueError, match="CEPO's prompt \\+ answer hint"):
         run(cepo.CEPOConfig, cepo, "long", teacher="rlsd")  # RLSD scores x + hint(r+) + y as well
     assert not evaluated  # each refused before the step-0 evaluation
+    with pytest.raises(ValueError, match="CEPO's prompt \\+ answer hint of 64 tokens .*; remove the row whose question "
+                                         "begins '1\\+1\\?'$"):  # no option makes a 59-token hint fit in 64 positions
+        run(cepo.CEPOConfig, cepo, "longer")
     run(gcpo.GCPOConfig, gcpo, "short", negative_instruction=" Be wrong.")  # 16 + 20 tokens fit
     run(cepo.CEPOConfig, cepo, "short")
     run(gb.GRPOConfig, gb, "long")  # GRPO scores no hint: the long answer is no concern of it
