@@ -274,8 +274,8 @@ def summarize_arm(records, base_records):
         out.update({key: own["mean"], f"{key}_ci": own["ci"], f"{key}_diff_vs_grpo": diff["mean"],
                     f"{key}_diff_vs_grpo_ci": diff["ci"]})
         if key == "auc":
-            out.update(p_t=diff["p_t"], p_sign_flip=diff["p_sign_flip"], sd_w=diff["sd_w"],
-                       mde=paired_stats.mde(diff["sd_w"], diff["W"]))
+            out.update(p_t=diff["p_t"], p_sign_flip=diff["p_sign_flip"], sd_w=diff["sd_w"], tost90=diff["ci90"],
+                       mde=paired_stats.mde(diff["sd_w"], diff["W"]), W=diff["W"])
     def mean(key):
         values = [r[key] for r in records if r.get(key) is not None]
         return statistics.mean(values) if values else None
@@ -294,13 +294,15 @@ def summarize_arm(records, base_records):
 
 def aggregate(histories):
     """{arm: summary} from {arm: {(warm start, seed): per-step metrics}}; p_holm adjusts the arms'
-    sign-flip p-values (AUC against GRPO) for their number."""
+    sign-flip p-values (AUC against GRPO) for their number, and mde_holm is that rule's MDE."""
     records = {a: [run_record(w, s, h) for (w, s), h in sorted(hs.items())] for a, hs in histories.items()}
     arms = {a: summarize_arm(rs, records["grpo"]) for a, rs in records.items()}
     others = [a for a in arms if a != "grpo"]
     adjusted = paired_stats.holm({a: arms[a]["p_sign_flip"] for a in others}) if others else {}
     for a, m in arms.items():
+        W = m.pop("W")
         m["p_holm"] = adjusted.get(a)
+        m["mde_holm"] = paired_stats.mde_holm(m["sd_w"], W, len(others)) if a in adjusted else None
         m["vs_grpo"] = m["sec_per_step"] / arms["grpo"]["sec_per_step"]
     return arms
 
@@ -316,14 +318,16 @@ def interval(m, key, signed=False):
 
 def table(arms, checks):
     n = len(next(iter(arms.values()))["runs"])
-    rows = [f"| arm | AUC [95% t] | AUC − GRPO's, paired [95% t] | p sign-flip (Holm) | MDE | final acc [95% t] | "
-            f"steps to +{TARGET_GAIN} | references (tokens) per run | s/step | vs GRPO | peak MB |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [f"| arm | AUC [95% t] | AUC − GRPO's, paired [95% t] | 90% (TOST) | p sign-flip (Holm) | MDE t / Holm | "
+            f"final acc [95% t] | steps to +{TARGET_GAIN} | references (tokens) per run | s/step | vs GRPO | peak MB |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, m in arms.items():
         p = "—" if name == "grpo" else f"{m['p_sign_flip']:.3f} ({m['p_holm']:.3f})"
         refs = f"{m['references']:.0f} ({m['reference_tokens']:.0f})" if m["references"] else "0"
-        rows.append(f"| {name} | {interval(m, 'auc')} | {interval(m, 'auc_diff_vs_grpo', True)} | {p} | "
-                    f"{'—' if name == 'grpo' else fmt(m['mde'])} | {interval(m, 'final_acc')} | "
+        tost = "—" if name == "grpo" or not m["tost90"] else f"[{fmt(m['tost90'][0], True)}, {fmt(m['tost90'][1], True)}]"
+        mdes = "—" if name == "grpo" else f"{fmt(m['mde'])} / {fmt(m['mde_holm'])}"
+        rows.append(f"| {name} | {interval(m, 'auc')} | {interval(m, 'auc_diff_vs_grpo', True)} | {tost} | {p} | "
+                    f"{mdes} | {interval(m, 'final_acc')} | "
                     f"{m['steps_to_target']:.1f} ({m['reached_target']}/{n} reached) | {refs} | {m['sec_per_step']:.3f} | "
                     f"{m['vs_grpo']:.2f}x | {m['peak_mem_mb']:.0f} |")
     if "credit_by_word_role" in next(iter(arms.values())):
@@ -390,8 +394,10 @@ def design(arms):
     sds = [m["sd_w"] for a, m in arms.items() if a != "grpo" and m["sd_w"]]
     sd = statistics.median(sds) if sds else None
     mdes = [m["mde"] for a, m in arms.items() if a != "grpo" and m["mde"] is not None]
+    holm_mdes = [m["mde_holm"] for a, m in arms.items() if a != "grpo" and m["mde_holm"] is not None]
     return {"unit": unit, "warm_starts": W, "seeds_per_warm_start": S, "median_sd_of_warm_start_means": sd,
             "median_mde": statistics.median(mdes) if mdes else None,
+            "median_mde_holm": statistics.median(holm_mdes) if holm_mdes else None,
             "smallest_p_sign_flip": 2 / 2 ** W, "arms_compared": len(arms) - 1,
             **{f"warm_starts_for_mde_{t}": paired_stats.warm_starts_for(t, sd) if sd else None for t in (0.05, 0.03)}}
 
@@ -409,7 +415,7 @@ def contrasts(arms):
             other = {(r["warm_start"], r["seed"]): r["auc"] for r in arms[b]["runs"]}
             d = paired_stats.paired_comparison(by_unit(
                 arms[a]["runs"], [r["auc"] - other[r["warm_start"], r["seed"]] for r in arms[a]["runs"]]))
-            out[f"{a}_vs_{b}"] = {"question": question, "auc_diff": d["mean"], "auc_diff_ci": d["ci"],
+            out[f"{a}_vs_{b}"] = {"question": question, "auc_diff": d["mean"], "auc_diff_ci": d["ci"], "tost90": d["ci90"],
                                   "p_sign_flip": d["p_sign_flip"], "mde": paired_stats.mde(d["sd_w"], d["W"])}
     return out
 
@@ -427,8 +433,11 @@ def verdict(arms):
             lines.append(f"- {name} {word}: AUC difference {diff}, p = {m['p_holm']:.3f} (Holm)")
         else:
             lines.append(f"- {name} is not separated from GRPO: AUC difference {diff}, p = {m['p_holm']:.3f} (Holm); " + (
-                f"this design detects {fmt(m['mde'])} or more 80% of the time" if m["mde"] is not None else
-                "what this design could detect is unknown (fewer than 2 warm starts, or every difference equal)"))
+                f"this rule detects {fmt(m['mde_holm'])} or more 80% of the time" if m["mde_holm"] is not None else
+                "this rule cannot detect any effect at this number of warm starts" if m["sd_w"] else
+                "what this design could detect is unknown (fewer than 2 warm starts, or every difference equal)")
+                + (f"; its 90% interval [{fmt(m['tost90'][0], True)}, {fmt(m['tost90'][1], True)}] bounds the effect "
+                   "for an equivalence claim" if m["tost90"] else ""))
     return "\n".join(lines) + "\n"
 
 
@@ -538,6 +547,7 @@ def check_histories(histories, task):
                 raise ValueError(f"{arm} warm start {w} seed {s}: its records are not steps 0 to {steps[-1]} in order "
                                  "with an evaluation at both ends")
 
+
 def report(results_dir, preset, arms, checks, budget, seeds, mc, minutes):
     """results_dir/summary.md and summary.json from the aggregated arms of a `preset`'s run."""
     for name, m in arms.items():
@@ -545,7 +555,8 @@ def report(results_dir, preset, arms, checks, budget, seeds, mc, minutes):
     secondary = contrasts(arms)
     text = preamble(preset, arms, budget) + table(arms, checks) + "\n" + verdict(arms) + "".join(
         f"- {name.replace('_vs_', ' − ')} ({c['question']}): AUC difference {interval(c, 'auc_diff', True)}, "
-        f"sign-flip p = {c['p_sign_flip']:.3f} (secondary, not adjusted); this design detects {fmt(c['mde'])} or more\n"
+        f"sign-flip p = {c['p_sign_flip']:.3f} (secondary, not adjusted); this design detects {fmt(c['mde'])} or more; "
+        f"90% interval [{fmt(c['tost90'][0], True)}, {fmt(c['tost90'][1], True)}]\n"
         for name, c in secondary.items())
     task = {"budget": budget, "seeds": seeds, "target_gain": TARGET_GAIN, "check_thresholds": CHECKS,
             "interval": "t on warm-start means", "design": design(arms),
@@ -638,6 +649,8 @@ def preamble(preset, arms, budget):
             if d["unit"] == "warm_start" else
             f"One pretrained start x {d['warm_starts']} RL seeds (the unit) x {len(arms)} arms; budget {budget}. ")
     text += (f"Primary metric: AUC. Intervals: 95% t on {unit} means (df = {d['warm_starts'] - 1}). "
+             f"MDE: the smallest effect detected with 80% power by a paired t-test, and by the verdict's rule (a sign-flip "
+             f"p at most 0.05/{d['arms_compared']}, Holm's first threshold; simulated). "
              f"The smallest sign-flip p with {d['warm_starts']} {units} is {d['smallest_p_sign_flip']:.4f}")
     if floor > 0.05:
         text += (f", {floor:.3f} after Holm over {d['arms_compared']} arms: this design cannot separate any arm from GRPO, "

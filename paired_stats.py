@@ -23,23 +23,25 @@ EXACT_UP_TO = 16  # warm starts; beyond, the sign-flip distribution is sampled (
 def paired_comparison(values):
     """values: {warm start: [one number per run]}, e.g. an arm's AUC minus GRPO's on the same
     warm start and seed. Returns the mean of the warm-start means ("mean"), its 95% t-interval
-    (df = W - 1; a point when the means are all equal, None when W < 2), the t-test's p, the exact
-    sign-flip p (two-sided, flipping whole warm starts: valid without assuming normality), the sd
-    of the warm-start means ("sd_w"), W and the number of runs ("pairs")."""
+    (df = W - 1; a point when the means are all equal, None when W < 2), its 90% t-interval ("ci90":
+    two one-sided tests at 5% each, TOST, show equivalence within a margin that holds it), the t-test's
+    p, the exact sign-flip p (two-sided, flipping whole warm starts: valid without assuming
+    normality), the sd of the warm-start means ("sd_w"), W and the number of runs ("pairs")."""
     means = np.array([statistics.mean(v) for _, v in sorted(values.items())], dtype=float)
     W, mean = len(means), float(means.mean())
-    out = {"mean": mean, "ci": None, "p_t": None, "p_sign_flip": sign_flip_p(means), "sd_w": None, "W": W,
-           "pairs": sum(len(v) for v in values.values())}
+    out = {"mean": mean, "ci": None, "ci90": None, "p_t": None, "p_sign_flip": sign_flip_p(means), "sd_w": None,
+           "W": W, "pairs": sum(len(v) for v in values.values())}
     if W < 2:
         return out
     sd = float(means.std(ddof=1))
     out["sd_w"] = sd
     if sd == 0:
-        out.update(ci=[mean, mean], p_t=1.0 if mean == 0 else 0.0)
+        out.update(ci=[mean, mean], ci90=[mean, mean], p_t=1.0 if mean == 0 else 0.0)
         return out
     se = sd / math.sqrt(W)
-    half = float(stats.t.ppf(1 - ALPHA / 2, W - 1)) * se
-    out.update(ci=[mean - half, mean + half], p_t=float(2 * stats.t.sf(abs(mean) / se, W - 1)))
+    half, half90 = (float(stats.t.ppf(1 - a / 2, W - 1)) * se for a in (ALPHA, 2 * ALPHA))
+    out.update(ci=[mean - half, mean + half], ci90=[mean - half90, mean + half90],
+               p_t=float(2 * stats.t.sf(abs(mean) / se, W - 1)))
     return out
 
 
@@ -50,10 +52,16 @@ def sign_flip_p(means, draws=2**16, seed=0):
     means = np.asarray(means, dtype=float)
     if len(means) == 0:
         return None
-    signs = every_flip(len(means)) if len(means) <= EXACT_UP_TO else sampled_flips(len(means), draws, seed)
-    flipped = np.abs(signs @ means)
+    return float(sign_flip_ps(means[None], draws, seed)[0])
+
+
+def sign_flip_ps(rows, draws=2**16, seed=0):
+    """sign_flip_p of each row of rows (n, W) at once."""
+    W = rows.shape[1]
+    signs = every_flip(W) if W <= EXACT_UP_TO else sampled_flips(W, draws, seed)
+    flipped = np.abs(signs @ rows.T)  # (flips, n)
     # a tolerance, so that flips equal to the observed mean up to rounding count as equal
-    return float(np.mean(flipped >= abs(means.sum()) - 1e-12 * (1 + np.abs(means).sum())))
+    return np.mean(flipped >= np.abs(rows.sum(1)) - 1e-12 * (1 + np.abs(rows).sum(1)), axis=0)
 
 
 @functools.lru_cache(maxsize=None)
@@ -81,6 +89,38 @@ def mde(sd_w, W):
     if not sd_w or W < 2:
         return None
     return float(TTestPower().solve_power(nobs=W, alpha=ALPHA, power=POWER, alternative="two-sided")) * sd_w
+
+
+def mde_holm(sd_w, W, arms):
+    """The smallest true mean difference the verdict's own rule detects with POWER: a sign-flip p of
+    the W warm-start means at most ALPHA / arms (Holm's threshold for the family's smallest p, the
+    one every arm meets first), with the means drawn normal around it with sd sd_w. None when even
+    the smallest possible p, 2 / 2**W, misses that threshold, or sd_w is 0 or unknown."""
+    if not sd_w or W < 2:
+        return None
+    size = holm_effect_size(W, arms)
+    return None if size is None else size * sd_w
+
+
+@functools.lru_cache(maxsize=None)
+def holm_effect_size(W, arms, sims=1000, seed=0):
+    """mde_holm in units of sd_w (the sign-flip test does not depend on scale), by simulation: the
+    same normal draws for every effect size tried, so the estimated power rises with it and the
+    bisection settles (to a few percent, the draws' own error)."""
+    threshold = ALPHA / arms
+    if 2 / 2 ** W > threshold:
+        return None
+    noise = np.random.default_rng(seed).standard_normal((sims, W))
+
+    def power(effect):
+        return np.mean(np.concatenate([sign_flip_ps(noise[s:s + 250] + effect) for s in range(0, sims, 250)]) <= threshold)
+    low, high = 0.0, 1.0
+    while power(high) < POWER:
+        low, high = high, 2 * high
+    while high - low > 0.01 * high:
+        mid = (low + high) / 2
+        low, high = (mid, high) if power(mid) < POWER else (low, mid)
+    return high
 
 
 def warm_starts_for(target, sd_w, most=10_000):

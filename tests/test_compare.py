@@ -66,7 +66,9 @@ def test_paired_differences_holm_mde_tables_and_verdict():
     assert "| gcpo |" in text and "| 1 | 0.300 | +2.00 | +1.00 | +0.10 | negative_contrast_empty_prompt |" in text
     lines = compare.verdict(arms)
     assert "- gcpo is not separated from GRPO" in lines  # 2/64 x 2 arms > 0.05: six warm starts cannot separate two arms
-    assert f"detects {compare.fmt(a['mde'])} or more" in lines
+    assert "aa is not separated" in lines and "this rule cannot detect any effect at this number of warm starts" in lines
+    assert f"its 90% interval [{compare.fmt(a['tost90'][0], True)}, {compare.fmt(a['tost90'][1], True)}]" in lines
+    assert a["mde_holm"] is None and g["mde_holm"] is None
     one = compare.aggregate({k: v for k, v in benchmark(0.05, noise=0.01).items() if k != "aa"})
     assert "- gcpo beats GRPO: AUC difference +0.038" in compare.verdict(one)  # one comparison: 2/64 < 0.05
 
@@ -105,7 +107,8 @@ def test_summary_json_has_every_key_and_recompute_reproduces_it(tmp_path, monkey
     task = first["tasks"]["chain"]
     assert task["interval"] == "t on warm-start means" and task["design"]["warm_starts"] == 3
     for name, m in task["methods"].items():
-        assert {"p_holm", "mde", "credit_by_role", "first_error_credit", "mc_agreement", "auc_ci"} <= set(m)
+        assert {"p_holm", "mde", "mde_holm", "tost90", "credit_by_role", "first_error_credit", "mc_agreement",
+                "auc_ci"} <= set(m)
         assert {"warm_start", "seed", "auc"} <= set(m["runs"][0]) and len(m["runs"]) == 6
         assert set(m["credit_by_role"]["neg"]) == set(compare.ROLE_NAMES)
     assert compare.read_metrics_file(tmp_path / "metrics.jsonl.gz") == {
