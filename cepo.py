@@ -149,7 +149,7 @@ def hinted_prompts(tokenizer, rows, prompts, cfg):
     check's wrong one (diagnostics.wrong_hint), each checked with a response against the model's context."""
     hints = ((hint_ids(tokenizer, r["answer"], cfg), hint_ids(tokenizer, diagnostics.wrong_hint(r["answer"]), cfg))
              for r in rows)
-    return "CEPO's prompt + answer hint", [p + max(h, key=len) for p, h in zip(prompts, hints)]
+    return "CEPO's prompt + answer hint (--hint_template)", [p + max(h, key=len) for p, h in zip(prompts, hints)]
 
 
 # the seams it replaces: the credit, and a preflight; the credit reads pi_old only as RLSD's P-

@@ -137,7 +137,7 @@ def make_dir(path, flag="--output_dir"):
 
 def take_lock(out):
     """An exclusive flock on out/.lock holding our pid, or a ValueError naming the run that holds it."""
-    f = open(os.path.join(out, LOCK), "a+")
+    f = open(os.path.abspath(os.path.join(out, LOCK)), "a+")  # absolute: Run.record finds it after a chdir
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -163,19 +163,25 @@ def write_atomic(path, text):
 
 
 @contextlib.contextmanager
-def written(path):
-    """A write to path (through path.tmp) that fails, on a full disk most often, is one ValueError
-    saying so; the half-written temp file is removed, not left to fill the disk, and what path held
-    before is kept."""
+def written(path, by_torch=False):
+    """A write to path that fails (a full disk most often) is one ValueError saying so, with the
+    free space; a half-written path.tmp is removed, not left to fill the disk. Checkpoints are
+    replaced only by a rename, so the last one is always whole. by_torch: torch.save's writer
+    reports a full disk as a RuntimeError ("unexpected pos ..."), caught too."""
     try:
         yield
-    except (OSError, RuntimeError) as e:  # torch.save's full disk: RuntimeError "unexpected pos ..."
-        if os.path.lexists(path + ".tmp"):
+    except (OSError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and not by_torch:
+            raise
+        with contextlib.suppress(OSError):
             os.remove(path + ".tmp")
         why = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)
-        free = shutil.disk_usage(os.path.dirname(path) or ".").free // 2 ** 20
-        raise ValueError(f"cannot write {path} ({why}; {free} MiB free on its disk); what it held before is kept: "
-                         "free some space, then rerun with --resume") from None
+        try:
+            why += f"; {shutil.disk_usage(os.path.dirname(path) or '.').free // 2 ** 20} MiB free on its disk"
+        except OSError:  # the folder itself is gone
+            pass
+        raise ValueError(f"cannot write {path} ({why}); the last checkpoint is kept: free some space, then rerun "
+                         "with --resume") from None
 
 
 def save_checkpoint(path, model, optimizer, step, cfg):
@@ -187,7 +193,7 @@ def save_checkpoint(path, model, optimizer, step, cfg):
              "optimizer": optimizer.state_dict(),
              "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                      "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
-    with written(path):
+    with written(path, by_torch=True):
         torch.save(state, path + ".tmp")
         os.replace(path + ".tmp", path)
 

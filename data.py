@@ -355,9 +355,11 @@ def prompt_ids(tokenizer, question, instruction="", example=None):
 
 def encode_prompts(tokenizer, rows, instruction, max_length):
     """(rows, prompt token ids) for the rows whose prompt fits in max_length tokens; the others are
-    skipped and counted. A question longer than max_length of the vocabulary's longest tokens cannot
-    fit and is skipped untokenized (a 30 MB one once took minutes and gigabytes to tokenize)."""
-    chars = max_length * max(map(len, tokenizer.get_vocab()))  # no token covers more characters than its own
+    skipped and counted. A question longer than 16 x max_length of the vocabulary's longest tokens is
+    skipped untokenized (a 30 MB one once took minutes and gigabytes to tokenize): a bound, for
+    byte-level BPE and SentencePiece, where no token covers more characters than its own string; the
+    16x margin is for tokenizers that normalize text (collapse spaces, map a long word to one token)."""
+    chars = 16 * max_length * max(map(len, tokenizer.get_vocab()))
     prompts = [prompt_ids(tokenizer, r["question"], instruction, r.get("example")) if len(r["question"]) <= chars
                else None for r in rows]
     keep = [i for i, p in enumerate(prompts) if p is not None and len(p) <= max_length]

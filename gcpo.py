@@ -194,7 +194,7 @@ def negative_text(question, instruction, cfg, blank_question=None):
 
 def negative_prompts(tokenizer, rows, prompts, cfg):
     """The contexts seam: every row's x-, each checked with a response against the model's context."""
-    return "GCPO's negative prompt x-", [negative_prompt(tokenizer, r, cfg) for r in rows]
+    return "GCPO's negative prompt x- (--negative_instruction)", [negative_prompt(tokenizer, r, cfg) for r in rows]
 
 
 # the seams it replaces; its credit reads log pi_old (lp+), so the loop scores it first

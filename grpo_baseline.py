@@ -3,7 +3,7 @@
 One RL step, as train_run runs it; a method file replaces the seams (n), numbered in run order,
 through its METHOD dict:
 
-    (0) contexts          the contexts a response is scored under besides its prompt (GCPO's x-,
+    (0) contexts          the contexts a response is scored under in place of its prompt (GCPO's x-,
                           CEPO's prompt + hint), checked against the model's context at the start
     (1) preflight         once, before step 1 (CEPO: does the model read its hints?)
     prompts               B per step, a pure function of (seed, step)          step_prompts

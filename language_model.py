@@ -86,8 +86,12 @@ def check_context(config, prompts, max_completion_length,
         added = max(len(c) - len(p) for c, p in zip(contexts, prompts))
         shortest = context - max_completion_length - added  # the --max_prompt_length that would make every one fit
         if len(contexts[i]) + max_completion_length > context:
-            if len(contexts[i]) >= context and rows is not None:  # no option helps: this row's context is too long itself
-                fix = f"remove the row whose question begins {rows[i]['question'][:40]!r}"
+            alone = [k for k, c in enumerate(contexts) if len(c) >= context]  # too long even with a one-token response
+            if alone and len(alone) == len(contexts):
+                fix = "shorten what the method adds (its option above), or use a model with a longer context"
+            elif alone and rows is not None:
+                fix = (f"remove the {len(alone)} rows that cannot fit, the first" if len(alone) > 1 else "remove the row") + \
+                    f" whose question begins {rows[alone[0]]['question'][:40]!r}"
             else:
                 fix = (f"lower --max_prompt_length to at most {shortest} or " if shortest > 0 else "lower ") + \
                     "--max_completion_length"
@@ -258,8 +262,8 @@ def solution_logprob_gap(model, tokenizer, solutions, contexts_a, contexts_b, cf
     under (diagnostics.hint_contrast, diagnostics.negative_contrast). Contexts are token-id lists
     that fit in the model's context (check_context). A solution is scored as a response is: its
     first --max_completion_length tokens, fewer where its longer context leaves less room.
-    Micro-batches hold contexts of similar length, each padded to its own longest, so one long
-    context costs its own rows only. per_token: (the gap of each token (n, L), the solutions'
+    Micro-batches hold contexts of similar length, each padded to its own longest (context and
+    response), so one long context costs its own rows only. per_token: (the gap of each token (n, L), the solutions'
     token ids (n, L), their mask) instead."""
     end = end_of_turn_id(tokenizer)
     room = model_context(model.config)
@@ -267,15 +271,15 @@ def solution_logprob_gap(model, tokenizer, solutions, contexts_a, contexts_b, cf
     if room:
         responses = [r[:max(0, room - max(len(a), len(b)))] for r, a, b in zip(responses, contexts_a, contexts_b)]
     device = next(model.parameters()).device
-    contexts = contexts_a + contexts_b
-    _, _, completion_ids, completion_mask = pad_batch([[]] * len(contexts), responses * 2, tokenizer.pad_token_id, device)
+    contexts, responses = contexts_a + contexts_b, responses * 2
+    _, _, completion_ids, completion_mask = pad_batch([[]] * len(contexts), responses, tokenizer.pad_token_id, device)
     logp = torch.zeros(completion_ids.shape, device=device)
     order = sorted(range(len(contexts)), key=lambda i: len(contexts[i]))
     for s in range(0, len(order), cfg.micro_batch_size):
         rows = order[s:s + cfg.micro_batch_size]
-        ids, mask, _, _ = pad_batch([contexts[i] for i in rows], [[]] * len(rows), tokenizer.pad_token_id, device)
-        logp[rows] = completion_logprobs(model, ids, mask, completion_ids[rows], completion_mask[rows], cfg.temperature,
-                                         cfg.micro_batch_size)[0]
+        batch = pad_batch([contexts[i] for i in rows], [responses[i] for i in rows], tokenizer.pad_token_id, device)
+        part = completion_logprobs(model, *batch, cfg.temperature, cfg.micro_batch_size)[0]
+        logp[rows, :part.shape[1]] = part
     n = len(solutions)
     if per_token:
         return logp[:n] - logp[n:], completion_ids[:n], completion_mask[:n]

@@ -92,10 +92,11 @@ def mde(sd_w, W):
 
 
 def mde_holm(sd_w, W, arms):
-    """The smallest true mean difference the verdict's own rule detects with POWER: a sign-flip p of
-    the W warm-start means at most ALPHA / arms (Holm's threshold for the family's smallest p, the
-    one every arm meets first), with the means drawn normal around it with sd sd_w. None when even
-    the smallest possible p, 2 / 2**W, misses that threshold, or sd_w is 0 or unknown."""
+    """The smallest true mean difference the verdict's rule detects with POWER at Holm's strictest
+    threshold: a sign-flip p of the W warm-start means at most ALPHA / arms, the means drawn normal
+    around it with sd sd_w. An upper bound on the rule's MDE for a given arm: one whose p ranks
+    after others that pass faces ALPHA / (arms - k) instead. None when even the smallest possible
+    p, 2 / 2**W, misses that threshold, or sd_w is 0 or unknown."""
     if not sd_w or W < 2:
         return None
     size = holm_effect_size(W, arms)
@@ -105,8 +106,10 @@ def mde_holm(sd_w, W, arms):
 @functools.lru_cache(maxsize=None)
 def holm_effect_size(W, arms, sims=1000, seed=0):
     """mde_holm in units of sd_w (the sign-flip test does not depend on scale), by simulation: the
-    same normal draws for every effect size tried, so the estimated power rises with it and the
-    bisection settles (to a few percent, the draws' own error)."""
+    same normal draws for every effect size tried, so the estimated power is a smooth function of
+    it, rising where it is sought (a draw whose sum is negative can only lose significance as the
+    effect grows, but at 80% power such draws are far below the threshold), and the bisection
+    settles to a few percent, the draws' own error."""
     threshold = ALPHA / arms
     if 2 / 2 ** W > threshold:
         return None

@@ -151,8 +151,9 @@ def train(argv):
                           processing_class=tokenizer, **options)
         except (OSError, SafetensorError) as e:  # no weights file, or a truncated one
             raise ValueError(f"--model {script.model}: cannot load its weights ({first_line(e)})") from None
-        if int(os.environ.get("RANK", "0")) == 0:  # --overwrite_output_dir: only now, every check passed; one process
+        if args.should_save:  # --overwrite_output_dir: only now, every check passed; by the processes that save
             remove(stale)
+        run.accelerator.wait_for_everyone()
         run.train(resume_from_checkpoint=args.resume_from_checkpoint)
         run.save_model()
         run.save_state()  # trainer_state.json: the logged metrics, step by step

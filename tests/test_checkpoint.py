@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 import cepo
 import grpo_baseline as gb
@@ -268,7 +268,7 @@ KILLED_AT = textwrap.dedent("""
             global calls
             calls += 1
             if calls == {nth}:
-                if real is gb.save_checkpoint:  # mid-write: half a temp file, then the signal
+                if real.__name__ == "save_checkpoint":  # mid-write: half a temp file, then the signal
                     open(args[0] + ".tmp", "wb").write(b"half a checkpoint")
                 os.kill(os.getpid(), signal.SIG{signal})
             return real(*args, **kwargs)
@@ -285,8 +285,9 @@ PHASES = {"rollout": "gb", "update": "gb", "evaluate": "gb", "save_checkpoint": 
 RESUMED = {}  # the uninterrupted run's (metrics, weights), computed once
 
 
-@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.sampled_from(["TERM", "INT", "KILL"]), st.sampled_from(sorted(PHASES)), st.integers(1, 3))
+@example("KILL", "save_checkpoint", 2)  # mid-write of the second checkpoint
 def test_a_run_killed_anywhere_and_resumed_equals_the_uninterrupted_run(tiny_cfg, tmp_path, signal, phase, nth):
     """Resume = uninterrupted: a run of 3 steps (a checkpoint after each) killed by SIGTERM, SIGINT or
     SIGKILL at the nth call of a phase (sampling, the update, an evaluation, a metrics record, a
@@ -302,7 +303,7 @@ def test_a_run_killed_anywhere_and_resumed_equals_the_uninterrupted_run(tiny_cfg
     argv = [item for k, v in vars(cfg).items() if v is not None and not isinstance(v, bool) for item in (f"--{k}", str(v))]
     code = KILLED_AT.format(root=ROOT, nth=nth, signal=signal, owner=PHASES[phase], name=phase, argv=argv)
     killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert killed.returncode != 0, killed.stderr[-2000:]
+    assert killed.returncode == (-9 if signal == "KILL" else 1), killed.stderr[-2000:]  # killed there, not failed
     if signal != "KILL":
         assert killed.stderr.strip().splitlines()[-1].startswith("interrupted; rerun with --resume"), killed.stderr[-2000:]
     if os.path.exists(os.path.join(cfg.output_dir, "metrics.jsonl")):

@@ -299,17 +299,22 @@ def test_the_contexts_a_method_scores_responses_under_must_fit_the_models_contex
         gb.train(cfg, **method.METHOD)
 
     # the reference's request adds 51 tokens to the longest prompt, 7 tokens
-    with pytest.raises(ValueError, match="GCPO's negative prompt x- of 58 tokens \\+ --max_completion_length 20 exceed "
+    with pytest.raises(ValueError, match="GCPO's negative prompt x- \\(--negative_instruction\\) of 58 tokens \\+ "
+                                         "--max_completion_length 20 exceed "
                                          "the model's context of 64 positions \\(it adds up to 51 tokens to a prompt\\); "
                                          "lower --max_completion_length"):
         run(gcpo.GCPOConfig, gcpo, "short")
-    with pytest.raises(ValueError, match="CEPO's prompt \\+ answer hint of 56 tokens \\+ --max_completion_length 20"):
+    with pytest.raises(ValueError, match="CEPO's prompt \\+ answer hint \\(--hint_template\\) of 56 tokens \\+ "
+                                         "--max_completion_length 20"):
         run(cepo.CEPOConfig, cepo, "long")
     with pytest.raises(ValueError, match="CEPO's prompt \\+ answer hint"):
         run(cepo.CEPOConfig, cepo, "long", teacher="rlsd")  # RLSD scores x + hint(r+) + y as well
+    with pytest.raises(ValueError, match="shorten what the method adds \\(its option above\\)"):
+        run(gcpo.GCPOConfig, gcpo, "short", negative_instruction=" Be wrong." * 7)  # 70 tokens: no row can fit
     assert not evaluated  # each refused before the step-0 evaluation
-    with pytest.raises(ValueError, match="CEPO's prompt \\+ answer hint of 64 tokens .*; remove the row whose question "
-                                         "begins '1\\+1\\?'$"):  # no option makes a 59-token hint fit in 64 positions
+    with pytest.raises(ValueError, match="CEPO's prompt \\+ answer hint .* of 64 tokens .*; remove the 2 rows that cannot "
+                                         "fit, the first whose question begins '1\\+1\\?'$"):  # in both splits; no option
+        # makes a 59-token hint fit in 64 positions
         run(cepo.CEPOConfig, cepo, "longer")
     run(gcpo.GCPOConfig, gcpo, "short", negative_instruction=" Be wrong.")  # 16 + 20 tokens fit
     run(cepo.CEPOConfig, cepo, "short")

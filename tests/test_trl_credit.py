@@ -11,6 +11,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -749,6 +750,8 @@ def test_the_script_replaces_an_old_run_only_once_the_new_one_is_built(tmp_path,
     seen = []
 
     class Trainer:  # stands in for GRPOTrainer: what the output folder holds at each stage
+        accelerator = SimpleNamespace(wait_for_everyone=lambda: None)
+
         def __init__(self, **kwargs):
             seen.append(sorted(os.listdir(out)))
 
