@@ -260,6 +260,7 @@ def test_bad_directories_are_one_line_before_any_work(tiny_cfg, tmp_path, monkey
 
 KILLED_AT = textwrap.dedent("""
     import os, signal, sys
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C's, also where a background shell ignores SIGINT
     sys.path.insert(0, {root!r})
     import checkpoint, grpo_baseline as gb
     calls = 0
@@ -299,7 +300,7 @@ def test_a_run_killed_anywhere_and_resumed_equals_the_uninterrupted_run(tiny_cfg
         gb.train(full)
         RESUMED.update(metrics=untimed(full.output_dir), weights=torch.load(
             os.path.join(full.output_dir, "checkpoint.pt"), weights_only=True)["model"])
-    cfg = tiny_cfg(**options, output_dir=str(tmp_path / f"cut_{signal}_{phase}_{nth}"))
+    cfg = tiny_cfg(**options, output_dir=str(tmp_path / f"cut{len(os.listdir(tmp_path))}_{signal}_{phase}_{nth}"))
     argv = [item for k, v in vars(cfg).items() if v is not None and not isinstance(v, bool) for item in (f"--{k}", str(v))]
     code = KILLED_AT.format(root=ROOT, nth=nth, signal=signal, owner=PHASES[phase], name=phase, argv=argv)
     killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
