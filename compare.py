@@ -311,9 +311,13 @@ def fmt(x, signed=False, digits=3):
     return "—" if x is None else f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
 
 
+def bounds(ci, signed=False):
+    return f"[{fmt(ci[0], signed)}, {fmt(ci[1], signed)}]"
+
+
 def interval(m, key, signed=False):
     ci = m[key + "_ci"]
-    return fmt(m[key], signed) + (f" [{fmt(ci[0], signed)}, {fmt(ci[1], signed)}]" if ci else "")
+    return fmt(m[key], signed) + (f" {bounds(ci, signed)}" if ci else "")
 
 
 def table(arms, checks):
@@ -324,7 +328,7 @@ def table(arms, checks):
     for name, m in arms.items():
         p = "—" if name == "grpo" else f"{m['p_sign_flip']:.3f} ({m['p_holm']:.3f})"
         refs = f"{m['references']:.0f} ({m['reference_tokens']:.0f})" if m["references"] else "0"
-        tost = "—" if name == "grpo" or not m["tost90"] else f"[{fmt(m['tost90'][0], True)}, {fmt(m['tost90'][1], True)}]"
+        tost = "—" if name == "grpo" or not m["tost90"] else bounds(m["tost90"], True)
         mdes = "—" if name == "grpo" else f"{fmt(m['mde'])} / {fmt(m['mde_holm'])}"
         rows.append(f"| {name} | {interval(m, 'auc')} | {interval(m, 'auc_diff_vs_grpo', True)} | {tost} | {p} | "
                     f"{mdes} | {interval(m, 'final_acc')} | "
@@ -436,7 +440,7 @@ def verdict(arms):
                 f"this rule detects {fmt(m['mde_holm'])} or more 80% of the time" if m["mde_holm"] is not None else
                 "this rule cannot detect any effect at this number of warm starts" if m["sd_w"] else
                 "what this design could detect is unknown (fewer than 2 warm starts, or every difference equal)")
-                + (f"; its 90% interval [{fmt(m['tost90'][0], True)}, {fmt(m['tost90'][1], True)}] bounds the effect "
+                + (f"; its 90% interval {bounds(m['tost90'], True)} bounds the effect "
                    "for an equivalence claim" if m["tost90"] and m["tost90"][0] < 0 < m["tost90"][1] else ""))
     return "\n".join(lines) + "\n"
 
@@ -556,7 +560,7 @@ def report(results_dir, preset, arms, checks, budget, seeds, mc, minutes):
     text = preamble(preset, arms, budget) + table(arms, checks) + "\n" + verdict(arms) + "".join(
         f"- {name.replace('_vs_', ' − ')} ({c['question']}): AUC difference {interval(c, 'auc_diff', True)}, "
         f"sign-flip p = {c['p_sign_flip']:.3f} (secondary, not adjusted); this design detects {fmt(c['mde'])} or more"
-        + (f"; 90% interval [{fmt(c['tost90'][0], True)}, {fmt(c['tost90'][1], True)}]" if c["tost90"] else "") + "\n"
+        + (f"; 90% interval {bounds(c['tost90'], True)}" if c["tost90"] else "") + "\n"
         for name, c in secondary.items())
     task = {"budget": budget, "seeds": seeds, "target_gain": TARGET_GAIN, "check_thresholds": CHECKS,
             "interval": "t on warm-start means", "design": design(arms),
