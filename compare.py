@@ -2,16 +2,21 @@
 against controls that say what a difference means, on the embedded `chain` task.
 
     python compare.py              # 6 warm starts x 1 RL seed x 6 arms -> results/      (~30 min, 2 cores)
-    python compare.py --full       # 16 warm starts x 1 seed x every arm -> results/full/ (~1.5 h, 2 cores)
+    python compare.py --full       # 16 warm starts x 1 seed x 8 arms -> results/full/  (~85 min, 2 cores)
+    python compare.py --ceiling    # tuned oracles and methods, 16 x 100 steps -> results/ceiling/ (~8 h)
+    python compare.py --real       # SmolLM2-135M-Instruct on sums in words -> results/smollm2/ (~6 h)
     python compare.py --quick      # the same pipeline on a tiny budget (a smoke run, not a result)
     python compare.py --recompute results/   # every number again, from the committed per-step metrics
     python compare.py --bench      # seconds per step by phase and peak memory, one process
 
-Arms: the methods (gcpo, cepo, gold) and the controls (controls.py): `aa`, GRPO again with another
-sampling seed on the same prompts (the noise floor); `oracle`, credit only where the task's ground
-truth says the reward was decided (the most token credit can buy here); `random`, GCPO's weights
-shuffled within each response; `sft_gold`, Gold's references as a supervised term without its
-contrast. Gold and sft_gold take GRPO's loss (SAME_LOSS_AS_GRPO), so they differ by the edit alone.
+Arms: the methods (gcpo, cepo, gold), cepo_const (CEPO with λ held at λ0), gcpo_mean (GCPO's
+divergences weighed by size, not rank) and the controls
+(controls.py): `aa`, GRPO again with another sampling seed on the same prompts (the noise floor);
+`oracle`, credit only where the task's ground truth says the reward was decided (a hard placement,
+not a ceiling); `value_oracle`, credit from the true token advantage (the ceiling); `soft_oracle`
+and `shuffled_oracle`, the oracle softened and shuffled; `random`, GCPO's weights shuffled within
+each response; `sft_gold`, Gold's references as a supervised term without its contrast. Gold and
+sft_gold take GRPO's loss (ARM_OPTIONS), so they differ by the edit alone.
 
 Design. The unit is the warm start (an independent draw of the embedded model); RL seeds are nested
 in it (run seed = 1000 * warm start + seed, so no two warm starts share a prompt stream). Every arm
@@ -20,15 +25,16 @@ AUC, the mean held-out accuracy over training (1,000 problems, every eval_steps)
 GRPO: the mean paired difference, a 95% t-interval on warm-start means (df = W - 1), an exact
 sign-flip p over the warm-start means, Holm-adjusted over the arms, and the minimum detectable
 effect at 80% power (paired_stats). An arm is separated from GRPO when its Holm-adjusted p < 0.05.
-Credit is measured against the ground truth on every step (embedded_task.credit_ground_truth) and
-against a Monte-Carlo token advantage on a fixed sample (mc_advantage). Runs go --jobs at a time,
-one thread each.
+Credit is measured against the ground truth on every step (embedded_task.credit_ground_truth); the
+ceiling study also against a Monte-Carlo token advantage on fixed responses (mc_advantage). Runs go
+--jobs at a time, one thread each.
 """
 import argparse
 import contextlib
 import gzip
 import io
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -36,6 +42,8 @@ import sys
 import time
 import zlib
 
+import numpy
+import scipy.stats
 import torch
 from tqdm import tqdm
 
@@ -62,6 +70,8 @@ SEAMS = {"grpo": gb.METHOD, "gcpo": gcpo.METHOD, "cepo": cepo.METHOD, "gold": go
 # arm: (command after the interpreter, config class, seams)
 ARMS = {**{m: ([file], cfg, SEAMS[m]) for m, (file, cfg) in METHODS.items()},
         "aa": (["grpo_baseline.py"], gb.GRPOConfig, gb.METHOD),
+        "cepo_const": (["cepo.py"], cepo.CEPOConfig, cepo.METHOD),  # λ = λ0 on every step (ARM_OPTIONS)
+        "gcpo_mean": (["gcpo.py"], gcpo.GCPOConfig, gcpo.METHOD),  # w = d / mean d (ARM_OPTIONS)
         **{a: (["controls.py", a], cfg, seams) for a, (cfg, seams) in controls.ARMS.items()}}
 AA_SEED_OFFSET = 500  # aa samples with seed + this, on GRPO's prompts (data_seed = seed)
 TARGET_GAIN = 0.15  # steps_to_target: the first evaluation at least this far above the warm start
@@ -81,19 +91,33 @@ PRESETS = {  # warm starts, RL seeds, arms, budget overrides, results folder
     "full": (range(16), [0], ["grpo", "aa", "oracle", "random", "gcpo", "cepo", "gold", "sft_gold"], {}, "full"),
     "quick": (range(2), [0], list(ARMS), {"warm_start_steps": 300, "max_steps": 6, "eval_steps": 3, "eval_size": 100}, "quick"),
     "real": ([0], range(8), ["grpo", "aa", "gcpo", "cepo", "gold"], REAL_BUDGET, "smollm2"),
+    "ceiling": (range(16), [0], ["grpo", "value_oracle", "soft_oracle", "shuffled_oracle", "oracle", "random", "gcpo",
+                                 "gcpo_mean", "cepo", "cepo_const", "gold"], {"max_steps": 100}, "ceiling"),
 }
-TASKS = {"default": "chain", "full": "chain", "quick": "chain", "real": "words"}  # the task each preset's summary is filed under
-MC_SAMPLE = {"default": (12, 8), "full": (24, 16), "quick": (3, 2)}  # responses, continuations per prefix
+TASKS = {"default": "chain", "full": "chain", "quick": "chain", "real": "words", "ceiling": "chain"}  # each summary's task
+# The ceiling study (--ceiling), fixed before its runs: pilots on warm starts of their own run every arm
+# at every learning rate (the soft oracle also at every β); each arm then runs at its options with the
+# highest mean pilot AUC (ties: the first in grid order). The oracle with the highest AUC over GRPO's
+# is run again at other chain lengths beside GRPO. An arm is equivalent to GRPO when its 90%
+# interval lies within ±EQUIVALENCE_MARGIN.
+CEILING = {"pilot_warm_starts": [100, 101], "learning_rates": [3e-5, 1e-4, 2e-4], "decided_weights": [1.0, 4.0, 16.0],
+           "oracles": ["value_oracle", "soft_oracle", "oracle"], "operands": [3, 5, 6], "sweep_warm_starts": list(range(6))}
+EQUIVALENCE_MARGIN = 0.02
+MC_SAMPLE = {"ceiling": (4, 13, 64), "quick": (1, 2, 4)}  # warm starts, prompts per warm start, continuations per prefix
 # Gold's own defaults (sequence ratio, seq-mean-token-mean, GSPO's clip) also change the loss of every
 # group; here it takes GRPO's, so "Gold vs GRPO" is the injection alone. At one update per rollout the
 # ratio is 1, and the sequence ratio's gradient equals the token ratio's: only the aggregation is lost.
 SAME_LOSS = {"ratio_level": "token", **{f: getattr(gb.GRPOConfig(), f) for f in ("loss_type", "epsilon", "epsilon_high")}}
-SAME_LOSS_AS_GRPO = {"gold": SAME_LOSS, "sft_gold": SAME_LOSS}
+# What an arm changes from its file's defaults: Gold's loss; CEPO's λ held at λ0 (its linear decay
+# reaches 0 by step 26, after which CEPO is GRPO); GCPO's divergences weighed by size, the reference's
+# option that does not lift the free tags (the paper's rank weights give them about 1.9x).
+ARM_OPTIONS = {"gold": SAME_LOSS, "sft_gold": SAME_LOSS, "cepo_const": {"lambda_schedule": "constant"},
+               "gcpo_mean": {"weight_norm": "mean"}}
 
 
 def method_config(name, **overrides):
-    """The config arm `name` runs with here: its defaults, GRPO's loss for Gold's, then `overrides`."""
-    return ARMS[name][1](**{**SAME_LOSS_AS_GRPO.get(name, {}), **overrides})
+    """The config arm `name` runs with here: its defaults, its ARM_OPTIONS, then `overrides`."""
+    return ARMS[name][1](**{**ARM_OPTIONS.get(name, {}), **overrides})
 
 
 def run_seeds(arm, w, s):
@@ -142,12 +166,15 @@ def check_warm_start(cfg, out):
 RL_ONLY = ("learning_rate", "max_steps", "eval_steps", "prompts_per_step", "num_generations")
 
 
-def run_all(arms, warm_starts, seeds, runs_dir, jobs, budget, threads=1):
+def run_all(arms, warm_starts, seeds, runs_dir, jobs, budget, threads=1, variants=None):
     """Build and check every warm start, then train every arm from each with every seed:
     subprocesses, `jobs` at a time, `threads` each (on the tiny model two single-threaded runs do
-    more work than one two-threaded run). A job that finished before with the same options (its
-    done.json) is not run again: a killed benchmark resumes, and --full reuses the default's runs
-    (remove runs/ after changing the code). Returns ({warm start: checks}, {arm: [(w, s, dir)]})."""
+    more work than one two-threaded run). variants: {label: (arm, options)} for labels in `arms`
+    that run an arm with options of their own (a learning rate of the ceiling study's grid). A job
+    that finished before with the same options (its done.json) is not run again: a killed benchmark
+    resumes, and --full reuses the default's runs (remove runs/ after changing the code).
+    Returns ({warm start: checks}, {label: [(w, s, dir)]})."""
+    variants = variants or {}
     queue = [("warm", w, None) for w in warm_starts] + [(a, w, s) for w in warm_starts for s in seeds for a in arms]
     cost = {"warm": 5}  # a warm start takes about as long as five runs: the progress bar's weights
     bar = tqdm(total=sum(cost.get(j[0], 1) for j in queue), desc="benchmark", unit="run", file=sys.stdout)
@@ -171,9 +198,11 @@ def run_all(arms, warm_starts, seeds, runs_dir, jobs, budget, threads=1):
                 cmd = [sys.executable, "compare.py", "--check_warm_start", *cli(checked)]  # relative, as the runs': done.json
                 # holds it, and a committed run (the real tier's) must resume in a clone anywhere
             else:
-                seed, data_seed = run_seeds(kind, w, s)
-                options.update(seed=seed, data_seed=data_seed, save_steps=budget["max_steps"], **SAME_LOSS_AS_GRPO.get(kind, {}))
-                cmd = [sys.executable, *ARMS[kind][0], *cli(options), "--overwrite_output_dir"]
+                arm, own = variants.get(kind, (kind, {}))
+                seed, data_seed = run_seeds(arm, w, s)
+                options.update(seed=seed, data_seed=data_seed, save_steps=budget["max_steps"])
+                options.update({**ARM_OPTIONS.get(arm, {}), **own})
+                cmd = [sys.executable, *ARMS[arm][0], *cli(options), "--overwrite_output_dir"]
                 runs[kind].append((w, s, out))
             if done(out) == cmd[1:]:  # finished before with these options (--full reuses the default's runs)
                 finish(job)
@@ -237,8 +266,13 @@ def run_record(w, s, history):
         values = [m[key] for m in steps if m.get(key) is not None]
         return statistics.mean(values) if values else None
     tags = [m["free_tag_entropy"] for m in steps if "free_tag_entropy" in m]
-    return {"warm_start": w, "seed": s, "start_acc": evals[0][1], "final_acc": evals[-1][1], "auc": auc,
+    clip_at = history[0].get("max_grad_norm", gb.GRPOConfig.max_grad_norm)  # (runs from before it was recorded: the default)
+    norms = [m["grad_norm"] for m in steps if m.get("grad_norm") is not None]
+    return {"warm_start": w, "seed": s, "learning_rate": history[0].get("learning_rate"), "start_acc": evals[0][1],
+            "final_acc": evals[-1][1], "auc": auc, "plateau": plateau(evals),
             "steps_to_target": reached if reached is not None else evals[-1][0], "reached_target": reached is not None,
+            "grad_norm": statistics.mean(norms) if norms else None,
+            "clip_rate": statistics.mean(n > clip_at for n in norms) if norms else None,
             **{key: mean_of(key) for key in CREDIT_KEYS + ["zero_adv_groups"]},
             "free_tag_entropy_first": tags[0] if tags else None, "free_tag_entropy_last": tags[-1] if tags else None,
             "references": sum(m.get("gold_injections", 0) for m in steps),
@@ -247,6 +281,12 @@ def run_record(w, s, history):
             "sec_per_step": statistics.mean(sum(m[p] for p in PHASES) for m in steps),
             "peak_mem_mb": max(m["peak_mem_mb"] for m in steps),
             **{key: mean_of(key) for key in WORD_CREDIT_KEYS if any(key in m for m in steps)}}  # the words task's
+
+
+def plateau(evals, last=3):
+    """The held-out accuracy a run settled at: the mean of its last `last` evaluations (beside the AUC,
+    which rewards learning early). evals: [(step, accuracy)]."""
+    return statistics.mean(a for _, a in evals[-last:])
 
 
 def unit_of(records):
@@ -267,7 +307,7 @@ def summarize_arm(records, base_records):
     """One arm's means, t-intervals on warm-start means, and paired comparison to GRPO's runs."""
     base = {(r["warm_start"], r["seed"]): r for r in base_records}
     out = {"runs": records}
-    for key in ("auc", "final_acc"):
+    for key in ("auc", "final_acc", "plateau"):
         own = paired_stats.paired_comparison(by_unit(records, [r[key] for r in records]))
         diff = paired_stats.paired_comparison(by_unit(
             records, [r[key] - base[r["warm_start"], r["seed"]][key] for r in records]))
@@ -286,8 +326,9 @@ def summarize_arm(records, base_records):
                                       for side in ("pos", "neg")}
     for key in ("first_error_credit", "decisive_credit_share", "decisive_credit_share_uniform", "free_tag_entropy_first",
                 "free_tag_entropy_last", "zero_adv_groups", "references", "reference_tokens", "sampled_tokens",
-                "sec_per_step", "steps_to_target"):
+                "sec_per_step", "steps_to_target", "grad_norm", "clip_rate"):
         out[key] = mean(key)
+    out["learning_rate"] = sorted({r["learning_rate"] for r in records if r.get("learning_rate") is not None}) or None
     out.update(reached_target=sum(r["reached_target"] for r in records), peak_mem_mb=max(r["peak_mem_mb"] for r in records))
     return out
 
@@ -336,20 +377,26 @@ def table(arms, checks):
                     f"{m['vs_grpo']:.2f}x | {m['peak_mem_mb']:.0f} |")
     if "credit_by_word_role" in next(iter(arms.values())):
         return "\n".join(rows + words_credit_table(arms, checks)) + "\n"
+    has_mc = any(m.get("mc_agreement") for m in arms.values())
     rows += ["", "Token credit against the ground truth: the mean multiplier Â/A on each role's tokens (GRPO: 1), for "
-             "A > 0 and A < 0 responses; the first wrong token's Â/|A| (GRPO: −1); Monte-Carlo agreement at the warm "
-             "start and at the end (correlation of Â with Q − V, sign agreement on decided tokens).", "",
+             "A > 0 and A < 0 responses; the first wrong token's Â/|A| (GRPO: −1); the share of steps whose gradient "
+             "was clipped, and its mean norm before clipping" + ("; Monte-Carlo agreement on fixed responses at the "
+             "warm start and at the end (correlation of Â with Q − V [95% bootstrap over prompts], sign agreement on "
+             "decided tokens)." if has_mc else "."), "",
              "| arm | A>0 decisive | A>0 contested | A>0 copied | A>0 free | A>0 structure | A<0 decisive | A<0 copied | "
-             "A<0 free | A<0 structure | first wrong token | MC corr (start → end) | MC sign (start → end) | "
-             "decisive share (uniform) | free-tag entropy first → last |", "|" + "---|" * 15]
+             "A<0 free | A<0 structure | first wrong token | clipped (pre-clip norm) | "
+             + ("MC corr (start → end) | MC sign (start → end) | " if has_mc else "")
+             + "decisive share (uniform) | free-tag entropy first → last |", "|" + "---|" * (14 + 2 * has_mc)]
     for name, m in arms.items():
         pos, neg, mc = m["credit_by_role"]["pos"], m["credit_by_role"]["neg"], m.get("mc_agreement") or {}
-        corr = " → ".join(fmt((mc.get(k) or {}).get("corr"), True, 2) for k in ("start", "end"))
+        corr = " → ".join(fmt((mc.get(k) or {}).get("corr"), True, 2) + (
+            f" {bounds((mc.get(k) or {})['corr_ci'], True)}" if (mc.get(k) or {}).get("corr_ci") else "") for k in ("start", "end"))
         sign = " → ".join(fmt((mc.get(k) or {}).get("sign_agreement"), False, 2) for k in ("start", "end"))
         rows.append(f"| {name} | " + " | ".join(fmt(pos[r], False, 2) for r in ("decisive", "contested", "copied", "free", "structure"))
                     + " | " + " | ".join(fmt(neg[r], False, 2) for r in ("decisive", "copied", "free", "structure"))
-                    + f" | {fmt(m['first_error_credit'], True, 2)} | {corr} | {sign} | "
-                    f"{fmt(m['decisive_credit_share'])} ({fmt(m['decisive_credit_share_uniform'])}) | "
+                    + f" | {fmt(m['first_error_credit'], True, 2)} | {fmt(m['clip_rate'], False, 2)} ({fmt(m['grad_norm'], False, 2)}) | "
+                    + (f"{corr} | {sign} | " if has_mc else "")
+                    + f"{fmt(m['decisive_credit_share'])} ({fmt(m['decisive_credit_share_uniform'])}) | "
                     f"{fmt(m['free_tag_entropy_first'], False, 2)} → {fmt(m['free_tag_entropy_last'], False, 2)} |")
     rows += ["", "| warm start | held-out acc | CEPO hint (nats) | GCPO wrong-answer x⁻ (nats) | GCPO empty x⁻ (nats) | "
              "failed checks |", "|---|---|---|---|---|---|"]
@@ -424,9 +471,10 @@ def contrasts(arms):
     return out
 
 
-def verdict(arms):
+def verdict(arms, margin=None):
     """One line per arm: separated from GRPO (Holm-adjusted sign-flip p < 0.05) or not, with the
-    MDE beside every 'not separated'."""
+    MDE beside every 'not separated'; with a margin declared before the runs, an arm whose 90%
+    interval lies within ±margin is equivalent to GRPO (TOST at 5%)."""
     lines = []
     for name, m in arms.items():
         if name == "grpo":
@@ -442,56 +490,187 @@ def verdict(arms):
                 "what this design could detect is unknown (fewer than 2 warm starts, or every difference equal)")
                 + (f"; its 90% interval {bounds(m['tost90'], True)} bounds the effect "
                    "for an equivalence claim" if m["tost90"] and m["tost90"][0] < 0 < m["tost90"][1] else ""))
+        if margin is not None and m["tost90"] and -margin < m["tost90"][0] and m["tost90"][1] < margin:
+            lines[-1] += f"; equivalent to GRPO within the declared ±{margin:g} (90% interval {bounds(m['tost90'], True)})"
     return "\n".join(lines) + "\n"
 
 
-def informative_batch(model, tokenizer, train_rows, cfg, device, tries=20):
-    """A rolled-out batch of the first training prompts with some response of A != 0 (the next
-    prompts are tried when a batch has none), sampled with seed 0: the same for every caller;
-    log pi_old scored, for the credits that read it."""
+SHORT = {"learning_rate": "lr", "decided_weight": "b"}
+
+
+def pilot_grid(arms):
+    """{label: (arm, options)}: every arm at every CEILING learning rate, the soft oracle also at every β."""
+    out = {}
+    for arm in arms:
+        for lr in CEILING["learning_rates"]:
+            for beta in CEILING["decided_weights"] if arm == "soft_oracle" else [None]:
+                options = {"learning_rate": lr, **({"decided_weight": beta} if beta is not None else {})}
+                out[arm + "".join(f"_{SHORT[k]}{v:g}" for k, v in options.items())] = (arm, options)
+    return out
+
+
+def choose(grid, pilots):
+    """The rule: per arm, the options of the grid label whose pilot runs have the highest mean AUC
+    (ties: the first in grid order). pilots: {label: {(warm start, seed): per-step metrics}}.
+    Returns {arm: {"options": ..., "label": ..., "pilot_auc": {label: mean AUC}}}."""
+    out = {}
+    for label, (arm, options) in grid.items():
+        auc = statistics.mean(run_record(w, s, h)["auc"] for (w, s), h in pilots[label].items())
+        best = out.setdefault(arm, {"options": options, "label": label, "pilot_auc": {}})
+        best["pilot_auc"][label] = auc
+        if auc > best["pilot_auc"][best["label"]]:
+            best.update(options=options, label=label)
+    return out
+
+
+def operand_sweep(sweeps, best):
+    """GRPO against the best oracle at each chain length: {operands: {"grpo": AUC, best: AUC, "diff":
+    paired mean, "diff_ci", "W"}} from {operands: {arm: {(warm start, seed): per-step metrics}}}, and
+    the trend: the least-squares slope of the per-warm-start differences on the number of operands,
+    with its 95% interval (scipy.stats.linregress; the lengths' warm starts are independent draws)."""
+    out, points = {}, []
+    for k, histories in sorted(sweeps.items()):
+        arms = aggregate({a: histories[a] for a in ("grpo", best)})
+        m = arms[best]
+        out[k] = {"grpo": arms["grpo"]["auc"], best: m["auc"], "diff": m["auc_diff_vs_grpo"],
+                  "diff_ci": m["auc_diff_vs_grpo_ci"], "W": len(m["runs"])}
+        base = {(r["warm_start"], r["seed"]): r["auc"] for r in arms["grpo"]["runs"]}
+        points += [(k, r["auc"] - base[r["warm_start"], r["seed"]]) for r in m["runs"]]
+    fit = scipy.stats.linregress(*zip(*points))
+    half = scipy.stats.t.ppf(0.975, len(points) - 2) * fit.stderr
+    return out, {"slope": fit.slope, "slope_ci": [fit.slope - half, fit.slope + half], "p": fit.pvalue, "points": len(points)}
+
+
+def ceiling_report(grid, pilots, arms, sweeps, histories):
+    """The ceiling study's own part of the summary (dict) and of summary.md (text): each arm's
+    chosen options and its pilots' AUC, the best oracle over GRPO, and the chain-length sweep, whose
+    default length is the confirmatory runs (histories) of its warm starts."""
+    chosen = choose(grid, pilots)
+    best = max((a for a in CEILING["oracles"] if a in arms), key=lambda a: arms[a]["auc_diff_vs_grpo"])
+    default = {a: {(w, s): h for (w, s), h in histories[a].items() if w in CEILING["sweep_warm_starts"]} for a in ("grpo", best)}
+    sweep, trend = operand_sweep({**sweeps, gb.GRPOConfig.task_operands: default}, best)
+    text = ["", f"Options chosen on the pilot warm starts {CEILING['pilot_warm_starts']} (mean pilot AUC of each):", "",
+            "| arm | chosen | pilots |", "|---|---|---|"]
+    for arm, c in chosen.items():
+        text.append(f"| {arm} | " + ", ".join(f"{k} {v:g}" for k, v in c["options"].items()) + " | "
+                    + ", ".join(f"{label.removeprefix(arm + '_')} {auc:.3f}" for label, auc in c["pilot_auc"].items()) + " |")
+    text += ["", f"Chain length (operands) and the best oracle, {best}, against GRPO (AUC; paired over warm starts "
+             f"{CEILING['sweep_warm_starts'][0]}-{CEILING['sweep_warm_starts'][-1]}, each length its own warm starts):", "",
+             f"| operands | GRPO | {best} | difference [95% t] |", "|---|---|---|---|"]
+    for k, row in sweep.items():
+        text.append(f"| {k} | {row['grpo']:.3f} | {row[best]:.3f} | {fmt(row['diff'], True)} {bounds(row['diff_ci'], True)} |")
+    text += ["", f"Trend: the difference changes by {fmt(trend['slope'], True)} {bounds(trend['slope_ci'], True)} per "
+             f"operand (least squares over {trend['points']} runs, p = {trend['p']:.3f}).", ""]
+    return ({"grid": grid, "pilot_warm_starts": CEILING["pilot_warm_starts"], "chosen": chosen,
+             "learning_rates": {a: c["options"]["learning_rate"] for a, c in chosen.items()},
+             "equivalence_margin": EQUIVALENCE_MARGIN, "best_oracle": best, "operand_sweep": sweep, "operand_trend": trend},
+            "\n".join(text) + "\n")
+
+
+def run_ceiling(arms, warm_starts, seeds, runs_dir, jobs, budget):
+    """The ceiling study's runs, in order: pilots, the confirmatory runs at each arm's chosen options,
+    then the chain-length sweep (GRPO and the best oracle, each at its options). Every phase resumes.
+    Returns (checks, confirmatory runs, {label: pilot histories}, grid, {operands: sweep histories})."""
+    grid = pilot_grid(arms)
+    _, pilot_runs = run_all(list(grid), CEILING["pilot_warm_starts"], seeds, os.path.join(runs_dir, "pilot"), jobs, budget,
+                            variants=grid)
+    pilots = {label: {(w, s): read_metrics(out) for w, s, out in rs} for label, rs in pilot_runs.items()}
+    chosen = choose(grid, pilots)
+    variants = {a: (a, chosen[a]["options"]) for a in arms}
+    checks, runs = run_all(arms, warm_starts, seeds, runs_dir, jobs, budget, variants=variants)
+    arms_now = aggregate({a: {(w, s): read_metrics(out) for w, s, out in rs} for a, rs in runs.items()})
+    best = max((a for a in CEILING["oracles"] if a in arms), key=lambda a: arms_now[a]["auc_diff_vs_grpo"])
+    sweeps = {}
+    for k in CEILING["operands"]:
+        _, sweep_runs = run_all(["grpo", best], CEILING["sweep_warm_starts"], seeds, os.path.join(runs_dir, f"operands{k}"),
+                                jobs, {**budget, "task_operands": k}, variants=variants)
+        sweeps[k] = {a: {(w, s): read_metrics(out) for w, s, out in rs} for a, rs in sweep_runs.items()}
+    return checks, runs, pilots, grid, sweeps
+
+
+def informative_batch(model, tokenizer, train_rows, cfg, device, tries=20, first=0):
+    """A rolled-out batch of the training prompts from block `first` on with some response of A != 0
+    (the next block is tried when a batch has none; the block it came from is returned with it),
+    sampled with seed 0: the same for every caller; log pi_old scored, for the credits that read it.
+    Returns (batch, block)."""
     torch.manual_seed(0)
-    for k in range(tries):
+    for k in range(first, first + tries):
         rows = train_rows[k * cfg.prompts_per_step:(k + 1) * cfg.prompts_per_step]
         prompts = [prompt_ids(tokenizer, r["question"], resolve_instruction(cfg), r.get("example")) for r in rows]
         batch, _, _ = gb.rollout(model, tokenizer, rows, prompts, cfg, device, None)
         if (batch.advantages != 0).any():
             break
     batch.old_logp, batch.entropy = gb.score_pi_old(model, batch, cfg)
-    return batch
+    return batch, k
 
 
-def mc_agreement(arms, runs, budget, warm_start_seed, sample, device):
-    """Each arm's token credit against the Monte-Carlo token advantage Q(s_t, y_t) - V(s_t), on a
-    fixed sample: at the warm start (one batch, every arm's credit on it) and at the end (each arm's
-    own final model of its first run, a batch it samples, its credit). `sample` = (responses with
-    A != 0, continuations per prefix). Returns {arm: {"start": agreement, "end": agreement}}."""
-    responses, continuations = sample
-    cfg = gb.GRPOConfig(**budget, warm_start_seed=warm_start_seed)
-    train_rows, eval_rows = gb.load_task(cfg)
-    reward = gb.task_reward(cfg)
-    base_path = warm_start(cfg, train_rows, eval_rows, device)
+def mc_agreement(arms, runs, budget, warm_starts, sample, device):
+    """Each arm's token credit Â against the Monte-Carlo token advantage A_MC = V(s_{t+1}) - V(s_t)
+    (mc_advantage) on one fixed set of responses: from each warm start, one response with A != 0 of
+    each of `prompts` prompts, sampled by the warm start. At the start, every arm's credit and A_MC
+    under the warm start; at the end, each arm's credit and A_MC under its own final model (its run
+    from that warm start), on the same responses. sample = (warm starts, prompts per warm start,
+    continuations per prefix K). Also the exact A^π of the value oracle (controls.chain_advantages)
+    against A_MC at the start: how far the ceiling's critic is from the truth it stands for.
+    Returns ({arm: {"start": pooled, "end": pooled}}, value check), each pooled over the responses
+    with 95% bootstrap intervals over prompts (pooled_agreement)."""
+    n_warm, prompts, continuations = sample
+    rows = {a: {"start": [], "end": []} for a in arms}
+    exact = []
+    for w in warm_starts[:n_warm]:
+        cfg = gb.GRPOConfig(**budget, warm_start_seed=w)
+        train_rows, eval_rows = gb.load_task(cfg)
+        reward = gb.task_reward(cfg)
+        model, tokenizer = load_policy(warm_start(cfg, train_rows, eval_rows, device), cfg, device)
+        batches, block = [], 0  # (batch, the first A != 0 response of each group that has one)
+        while sum(len(p) for _, p in batches) < prompts:
+            batch, block = informative_batch(model, tokenizer, train_rows, cfg, device, first=block)
+            block += 1
+            nonzero = (batch.advantages != 0).view(-1, batch.group_size)
+            picks = [g * batch.group_size + int(nonzero[g].nonzero()[0]) for g in range(len(nonzero)) if nonzero[g].any()]
+            batches.append((batch, picks[:prompts - sum(len(p) for _, p in batches)]))
 
-    def judge(model, tokenizer, names):
-        batch = informative_batch(model, tokenizer, train_rows, cfg, device)
-        pick = (batch.advantages != 0).nonzero().squeeze(1)[:responses]
-        values = mc_advantage.prefix_values(model, tokenizer, [batch.prompts[i] for i in pick.tolist()],
-                                            batch.completion_ids[pick], batch.completion_mask[pick],
-                                            [batch.rows[i] for i in pick.tolist()], lambda t, r: reward(t, r)[0], cfg,
-                                            device, continuations=continuations)
-        mc = mc_advantage.mc_token_advantages(values, batch.completion_mask[pick])
-        errors = mc_advantage.mc_standard_errors(values, batch.completion_mask[pick], continuations)
-        out = {}
-        for name in names:
-            batch.notes = None
-            token_adv, _ = ARMS[name][2]["credit"](batch, model, tokenizer, method_config(name, **budget), 1)
-            out[name] = mc_advantage.agreement(token_adv[pick], mc, batch.completion_mask[pick], errors)
-        return out
-    start = judge(*load_policy(base_path, cfg, device), list(arms))
-    end = {}
-    for name in arms:
-        w, s, out = next(r for r in runs[name] if r[0] == warm_start_seed)
-        end.update(judge(*load_policy(os.path.join(out, "final"), cfg, device), [name]))
-    return {name: {"start": start[name], "end": end[name]} for name in arms}
+        def judge(model, names, when):
+            for batch, picks in batches:
+                batch.old_logp, batch.entropy = gb.score_pi_old(model, batch, cfg)  # this model's pi_old
+                pick = torch.tensor(picks)
+                values = mc_advantage.prefix_values(model, tokenizer, [batch.prompts[i] for i in picks],
+                                                    batch.completion_ids[pick], batch.completion_mask[pick],
+                                                    [batch.rows[i] for i in picks], lambda t, r: reward(t, r)[0], cfg,
+                                                    device, continuations=continuations)
+                mask = batch.completion_mask[pick]
+                mc = mc_advantage.mc_token_advantages(values, mask)
+                errors = mc_advantage.mc_standard_errors(values, mask, continuations)
+                for name in names:
+                    batch.notes = None
+                    token_adv, _ = ARMS[name][2]["credit"](batch, model, tokenizer, method_config(name, **budget), 1)
+                    rows[name][when] += [(token_adv[i], mc[k], mask[k], errors[k]) for k, i in enumerate(picks)]
+                if when == "start":
+                    truth, _ = controls.chain_advantages(batch, model, tokenizer, cfg, 1)
+                    exact.extend((truth[i].float(), mc[k], mask[k], errors[k]) for k, i in enumerate(picks))
+        judge(model, list(arms), "start")
+        for name in arms:
+            out = next(r[2] for r in runs[name] if r[0] == w)
+            judge(load_policy(os.path.join(out, "final"), cfg, device)[0], [name], "end")
+    return ({name: {when: pooled_agreement(rs) for when, rs in by.items()} for name, by in rows.items()},
+            pooled_agreement(exact))
+
+
+def pooled_agreement(rows, resamples=2000):
+    """mc_advantage.agreement over every response of `rows` [(Â (L,), A_MC (L,), mask (L,), standard
+    error (L,))], one per prompt, with 95% percentile-bootstrap intervals over the prompts for the
+    correlation and the sign agreement (scipy.stats.bootstrap, seed 0)."""
+    stack = [torch.stack(x) for x in zip(*rows)]
+
+    def of(idx, key):
+        got = mc_advantage.agreement(*(t[torch.as_tensor(idx)] for t in stack))[key]
+        return float("nan") if got is None else got
+    out = mc_advantage.agreement(*stack)
+    for key in ("corr", "sign_agreement"):
+        ci = scipy.stats.bootstrap((numpy.arange(len(rows)),), lambda idx: of(idx, key), vectorized=False,
+                                   n_resamples=resamples, method="percentile", random_state=0).confidence_interval
+        out[f"{key}_ci"] = None if out[key] is None or math.isnan(ci.low) else [ci.low, ci.high]
+    return out
 
 
 def credit_pictures(path, cfg, device):
@@ -500,7 +679,7 @@ def credit_pictures(path, cfg, device):
     λ = λ0), so a reader sees which tokens each calls decisive. Writes path.html and path.png."""
     train_rows, eval_rows = gb.load_task(cfg)
     model, tokenizer = load_policy(cfg.model or warm_start(cfg, train_rows, eval_rows, device), cfg, device)
-    batch = informative_batch(model, tokenizer, train_rows, cfg, device)
+    batch, _ = informative_batch(model, tokenizer, train_rows, cfg, device)
     columns = {}
     for name, arm in (("GRPO (uniform)", "grpo"), ("GCPO", "gcpo"), ("CEPO", "cepo"), ("oracle", "oracle"))[:3 if cfg.model else 4]:
         batch.notes = None
@@ -552,12 +731,15 @@ def check_histories(histories, task):
                                  "with an evaluation at both ends")
 
 
-def report(results_dir, preset, arms, checks, budget, seeds, mc, minutes):
-    """results_dir/summary.md and summary.json from the aggregated arms of a `preset`'s run."""
+def report(results_dir, preset, arms, checks, budget, seeds, mc, minutes, value_check=None, ceiling=None):
+    """results_dir/summary.md and summary.json from the aggregated arms of a `preset`'s run; mc
+    (mc_agreement's) and value_check where it ran, the ceiling study's part (ceiling_report) where it is one."""
     for name, m in arms.items():
-        m["mc_agreement"] = mc.get(name)
+        if mc:
+            m["mc_agreement"] = mc.get(name)
     secondary = contrasts(arms)
-    text = preamble(preset, arms, budget) + table(arms, checks) + "\n" + verdict(arms) + "".join(
+    margin = EQUIVALENCE_MARGIN if preset == "ceiling" else None
+    text = preamble(preset, arms, budget) + table(arms, checks) + "\n" + verdict(arms, margin) + "".join(
         f"- {name.replace('_vs_', ' − ')} ({c['question']}): AUC difference {interval(c, 'auc_diff', True)}, "
         f"sign-flip p = {c['p_sign_flip']:.3f} (secondary, not adjusted); this design detects {fmt(c['mde'])} or more"
         + (f"; 90% interval {bounds(c['tost90'], True)}" if c["tost90"] else "") + "\n"
@@ -565,6 +747,14 @@ def report(results_dir, preset, arms, checks, budget, seeds, mc, minutes):
     task = {"budget": budget, "seeds": seeds, "target_gain": TARGET_GAIN, "check_thresholds": CHECKS,
             "interval": "t on warm-start means", "design": design(arms),
             "warm_starts": list(checks.values()), "methods": arms, "contrasts": secondary}
+    if value_check:
+        task["mc_value_check"] = value_check
+        text += ("- the value oracle's exact A^π against A_MC at the start: correlation "
+                 f"{fmt(value_check['corr'], True)} {bounds(value_check['corr_ci'], True)}, sign agreement "
+                 f"{fmt(value_check['sign_agreement'])} on {value_check['decided_tokens']} decided tokens\n")
+    if ceiling:
+        task["ceiling"] = ceiling[0]
+        text += ceiling[1]
     if preset == "real":  # one pretrained start: the checks are the model's, the unit the RL seed
         gains = learning(arms)
         text += "".join(f"- {name} learns: held-out accuracy {interval(g, 'gain', True)} from step 0 to the end "
@@ -671,6 +861,9 @@ def main():
     parser.add_argument("--quick", action="store_true", help="2 warm starts x 1 seed x every arm on a tiny budget, into results/quick/")
     parser.add_argument("--real", action="store_true", help="the real-model tier: SmolLM2-135M-Instruct on sums in words, "
                         "8 RL seeds x 5 arms, one run at a time, into results/smollm2/ (~6 h on 2 cores; resumable)")
+    parser.add_argument("--ceiling", action="store_true", help="the ceiling study: pilots pick each arm's learning rate, "
+                        "then 16 warm starts x 11 arms x 100 steps, a chain-length sweep and Monte-Carlo agreement, into "
+                        "results/ceiling/ (~8 h on 2 cores; resumable)")
     parser.add_argument("--warm_starts", type=int, nargs="+", help="warm-start seeds (default: the preset's)")
     parser.add_argument("--seeds", type=int, nargs="+", help="RL seeds, each run from every warm start (default: the preset's)")
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), help="arms to run (default: the preset's; grpo is required)")
@@ -686,8 +879,8 @@ def main():
         return check_warm_start(cfg, cfg.output_dir)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    if args.full + args.quick + args.real > 1:
-        parser.error("--full, --quick, --real: choose one preset")
+    if args.full + args.quick + args.real + args.ceiling > 1:
+        parser.error("--full, --quick, --real, --ceiling: choose one preset")
     if args.jobs is not None and args.jobs < 1:
         parser.error(f"--jobs {args.jobs}: must be >= 1")
     # the real model's runs take every core each (a 30-layer model: one two-threaded run beats two single-threaded
@@ -701,7 +894,7 @@ def main():
         return bench()
     if args.recompute:
         return recompute(args.recompute, parser)
-    preset = "full" if args.full else "quick" if args.quick else "real" if args.real else "default"
+    preset = "full" if args.full else "quick" if args.quick else "real" if args.real else "ceiling" if args.ceiling else "default"
     warm_starts, seeds, arms, overrides, folder = PRESETS[preset]
     warm_starts, seeds, arms = list(args.warm_starts or warm_starts), list(args.seeds or seeds), list(args.arms or arms)
     if "grpo" not in arms:
@@ -711,11 +904,16 @@ def main():
             parser.error(f"--{flag} {' '.join(map(str, values))}: a value is repeated (two runs would share one directory)")
     if min(warm_starts + seeds) < 0 or max(seeds) >= AA_SEED_OFFSET:
         parser.error(f"--warm_starts and --seeds must be >= 0, and seeds < {AA_SEED_OFFSET} (aa samples with seed + {AA_SEED_OFFSET})")
+    if preset == "ceiling" and set(warm_starts) & set(CEILING["pilot_warm_starts"]):
+        parser.error(f"--warm_starts: the ceiling study's pilots use warm starts {CEILING['pilot_warm_starts']}; "
+                     "its confirmatory ones must be others")
+    if preset == "ceiling" and not set(arms) & set(CEILING["oracles"]):
+        parser.error(f"--arms: the ceiling study needs one of {', '.join(CEILING['oracles'])} (its chain-length sweep runs the best)")
     budget = {**BUDGET, **overrides}
     # the default's runs are --full's first ones (same budget, seeds and warm starts): one folder, reused
     results_dir = os.path.normpath(os.path.join(args.results_dir, folder))
     runs_dir = os.path.join(results_dir, "runs") if preset == "real" else \
-        os.path.join(args.runs_dir, "chain", "quick" if preset == "quick" else "")
+        os.path.join(args.runs_dir, "chain", preset if preset in ("quick", "ceiling") else "")
     for flag, folder in (("--results_dir", results_dir), ("--runs_dir", runs_dir)):
         try:  # before any run: a folder that cannot be written would fail only after the benchmark
             make_dir(folder, flag)
@@ -723,21 +921,30 @@ def main():
             parser.error(str(e))
     start = time.time()
     jobs = 1 if preset == "real" else args.jobs or 2
-    checks, runs = run_all(arms, warm_starts, seeds, runs_dir, jobs, budget, threads=os.cpu_count() if preset == "real" else 1)
+    if preset == "ceiling":
+        checks, runs, pilots, grid, sweeps = run_ceiling(arms, warm_starts, seeds, runs_dir, jobs, budget)
+    else:
+        checks, runs = run_all(arms, warm_starts, seeds, runs_dir, jobs, budget, threads=os.cpu_count() if preset == "real" else 1)
     histories = {a: {(w, s): read_metrics(out) for w, s, out in rs} for a, rs in runs.items()}
     summary = aggregate(histories)
     device = torch.device("cpu")
-    mc = {}
-    if preset != "real":  # the words task has no exact token values; K continuations per prefix of a 135M model do not fit
-        print("Monte-Carlo agreement (a fixed sample at the warm start and at each arm's end)...", flush=True)
-        mc = mc_agreement(arms, runs, budget, warm_starts[0], MC_SAMPLE[preset], device)
+    mc, value_check = {}, None
+    if preset in MC_SAMPLE:  # the words task has no exact token values; K continuations per prefix of a 135M model do not fit
+        print("Monte-Carlo agreement (fixed responses, at the warm start and at each arm's end)...", flush=True)
+        mc, value_check = mc_agreement(arms, runs, budget, warm_starts, MC_SAMPLE[preset], device)
     os.makedirs(results_dir, exist_ok=True)
+    ceiling = None
+    if preset == "ceiling":
+        write_metrics(os.path.join(results_dir, "pilot_metrics.jsonl.gz"), pilots)
+        for k, hs in sweeps.items():
+            write_metrics(os.path.join(results_dir, f"operands{k}_metrics.jsonl.gz"), hs)
+        ceiling = ceiling_report(grid, pilots, summary, sweeps, histories)
     credit_pictures(os.path.join(results_dir, "credit_smollm2" if preset == "real" else "credit_embedded"),
                     gb.GRPOConfig(**budget, warm_start_seed=warm_starts[0]), device)
     plot_curves({a: list(hs.values()) for a, hs in histories.items()}, os.path.join(results_dir, "curves.png"))
     write_metrics(os.path.join(results_dir, "metrics.jsonl.gz"), histories)
     minutes = (time.time() - start) / 60
-    text = report(results_dir, preset, summary, checks, budget, seeds, mc, minutes)
+    text = report(results_dir, preset, summary, checks, budget, seeds, mc, minutes, value_check, ceiling)
     print(text + f"\n{len(warm_starts) * len(seeds)} units and {sum(map(len, runs.values()))} runs in {minutes:.1f} min; "
           f"results in {results_dir}/")
 
@@ -761,9 +968,20 @@ def recompute(results_dir, parser):
         parser.error(f"--recompute {results_dir}: {metrics}: {first_line(e) or type(e).__name__}; rewrite it with the "
                      "benchmark run (summary.json and summary.md are left as they were)")
     summary = aggregate(histories)
-    mc = {a: m.get("mc_agreement") for a, m in task["methods"].items()}
+    ceiling = None
+    if old["preset"] == "ceiling":  # its pilots and chain-length sweep, from their own files
+        try:
+            grid = {label: tuple(v) for label, v in task["ceiling"]["grid"].items()}
+            pilots = read_metrics_file(os.path.join(results_dir, "pilot_metrics.jsonl.gz"))
+            sweeps = {k: read_metrics_file(os.path.join(results_dir, f"operands{k}_metrics.jsonl.gz"))
+                      for k in task["ceiling"]["operand_sweep"] if int(k) != gb.GRPOConfig.task_operands}
+        except (OSError, EOFError, zlib.error, ValueError, KeyError, TypeError) as e:
+            parser.error(f"--recompute {results_dir}: the ceiling study's pilot or sweep metrics: "
+                         f"{first_line(e) or type(e).__name__}; rewrite them with the study (summary.json is left as it was)")
+        ceiling = ceiling_report(grid, pilots, summary, {int(k): hs for k, hs in sweeps.items()}, histories)
+    mc = {a: m["mc_agreement"] for a, m in task["methods"].items() if m.get("mc_agreement")} if old["preset"] in MC_SAMPLE else {}
     text = report(results_dir, old["preset"], summary, {c["seed"]: c for c in task["warm_starts"]}, task["budget"],
-                  task["seeds"], mc, old["wall_minutes"])
+                  task["seeds"], mc, old["wall_minutes"], task.get("mc_value_check"), ceiling)
     print(text)
 
 

@@ -116,25 +116,40 @@ def first_error(tokens, row):
     earns the reward (everything before it is a prefix of the worked chain, so the reward was
     decided there). tokens: the response one character per token, its stop token as END. None when
     the response earns 1, or stops (truncated) before going wrong."""
+    return chain_path(tokens, row)[0]
+
+
+def chain_path(tokens, row, tag=None):
+    """(first_error, path): path, a list of characters, is the response up to its first wrong token
+    (or its end), then the worked chain on from there, ending with END: the one way the response
+    could have gone on to earn the reward, up to the free tags. A line the response had not begun
+    opens with the tag `tag()` returns, as the chain corpus tags every line (None: untagged, as the
+    sum task's); a tag cut by the error is finished with its letters ('pq ' when None)."""
     *steps, final = chain_lines(row["question"])
     expected = "".join(f"\t{line}\n" for line in steps) + final + END  # \t: where a tag may stand
-    p = 0
-    for want in expected:
-        if want == "\t":  # a tag: two letters and a space, or nothing
-            if p < len(tokens) and tokens[p].islower():
-                for k, ok in enumerate((str.islower, str.islower, " ".__eq__)):
-                    if p + k >= len(tokens):
-                        return None
-                    if not ok(tokens[p + k]):
-                        return p + k
-                p += 3
-            continue
-        if p >= len(tokens):
-            return None
-        if tokens[p] != want:
-            return p
-        p += 1
-    return None
+    path, p, wrong = [], 0, None
+
+    def follow(ok, otherwise):  # the response's next token while it still follows the chain, else `otherwise`
+        nonlocal p, wrong
+        if wrong is None and p < len(tokens):
+            if ok(tokens[p]):
+                path.append(tokens[p])
+                p += 1
+                return
+            wrong = p
+        path.append(otherwise)
+    for k, want in enumerate(expected):
+        own = tokens[p] if wrong is None and p < len(tokens) else None  # the response's next token, while it follows
+        if want != "\t":
+            follow(want.__eq__, want)
+        elif own is not None and own.islower():  # the response opens a tag: two letters, a space
+            letters = tag() if tag else "pq "
+            for ok, otherwise in ((str.islower, letters[0]), (str.islower, letters[1]), (" ".__eq__, " ")):
+                follow(ok, otherwise)
+        elif own != expected[k + 1]:  # past the response, or wrong here: a tag, as the corpus opens every line
+            wrong = p if own is not None else wrong
+            path += list(tag() if tag else "")
+    return wrong, path
 
 
 _STEP = re.compile(r"(?:([a-z]{2})( ))?(\d+)(\+)(\d+)(=)(\d+)")
@@ -182,6 +197,11 @@ ROLES = "sdfc"  # role codes in the tensors below: structure, decisive, free, co
 ROLE_NAMES = ("structure", "decisive", "free", "copied")
 
 
+def characters(ids, tokenizer):
+    """A response's token ids as the strings above read it: one character each, END for the stop token."""
+    return [t if len(t) == 1 else END for t in tokenizer.convert_ids_to_tokens(ids)]
+
+
 def ground_truth(completion_ids, mask, rows, tokenizer, share):
     """The task's labels for a batch of responses: (roles (N, L) long, codes into ROLES;
     first_wrong (N, L) bool, each failed response's first wrong token (first_error); contested
@@ -189,7 +209,7 @@ def ground_truth(completion_ids, mask, rows, tokenizer, share):
     roles = torch.zeros_like(completion_ids)
     first_wrong, disputed = torch.zeros_like(mask, dtype=torch.bool), torch.zeros_like(mask, dtype=torch.bool)
     for i, (ids, n) in enumerate(zip(completion_ids.tolist(), mask.sum(1).long().tolist())):
-        tokens = [t if len(t) == 1 else END for t in tokenizer.convert_ids_to_tokens(ids[:n])]  # one character each
+        tokens = characters(ids[:n], tokenizer)
         text = "".join(tokens).replace(END, "\n")
         roles[i, :n] = torch.tensor([ROLES.index(r) for r in token_roles(text)])
         wrong = first_error(tokens, rows[i])

@@ -345,7 +345,8 @@ def train_run(run, cfg, device, credit, loss_fn, edit_rollouts, recredit, prefli
     if start == 0:
         checks = preflight(model, tokenizer, eval_rows, cfg) if preflight else {}
         run.clear()  # --overwrite_output_dir: the old run goes only now, when the new one has passed every check
-        run.record({"step": 0, "stop_tokens": stop_tokens, **checks,
+        run.record({"step": 0, "stop_tokens": stop_tokens, "learning_rate": cfg.learning_rate,
+                    "max_grad_norm": cfg.max_grad_norm, **checks,
                     "eval_acc": evaluate(model, tokenizer, eval_rows, cfg, device, instruction, task_reward(cfg))})
     bar = tqdm(range(start + 1, cfg.max_steps + 1), desc=os.path.basename(cfg.output_dir), initial=start,
                total=cfg.max_steps, file=sys.stdout)

@@ -151,15 +151,27 @@ PANELS = {"reward": "sampled reward", "eval_acc": "held-out greedy accuracy",
           "decisive_credit_share": "share of |Â| on decisive tokens", "free_tag_entropy": "entropy on the free tags (nats)"}
 
 
+def training_seconds(history):
+    """{step: seconds of training (every phase of every step) up to the end of that step}."""
+    total, out = 0.0, {}
+    for m in history:
+        total += sum(m.get(p, 0.0) for p in PHASES)
+        out[m["step"]] = total
+    return out
+
+
 def plot_curves(runs, path):
     """Each of PANELS that the runs logged, against step: {name: [metrics of each run]}, one line
     per name (the mean over its runs) with a band of one standard deviation. Noisy per-step
-    metrics are shown as a 10-step moving average."""
+    metrics are shown as a 10-step moving average. Last, the held-out accuracy against training
+    seconds (their mean over the runs at each evaluation): a method that costs more per step pays
+    for it there."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     keys = [k for k in PANELS if any(k in m for hs in runs.values() for h in hs for m in h)]
-    fig, ax = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
+    timed = "eval_acc" in keys
+    fig, ax = plt.subplots(1, len(keys) + timed, figsize=(5.5 * (len(keys) + timed), 4), squeeze=False)
     for axis, key in zip(ax[0], keys):
         for name, histories in runs.items():
             steps = sorted({m["step"] for h in histories for m in h if m.get(key) is not None})
@@ -173,6 +185,15 @@ def plot_curves(runs, path):
             (line,) = axis.plot(steps, mean.tolist(), label=name, marker=None if smooth else "o")
             axis.fill_between(steps, (mean - std).tolist(), (mean + std).tolist(), color=line.get_color(), alpha=0.2)
         axis.set(title=PANELS[key], xlabel="step")
+    if timed:
+        for name, histories in runs.items():
+            steps = sorted({m["step"] for h in histories for m in h if "eval_acc" in m})
+            clocks = [training_seconds(h) for h in histories]
+            seconds = [sum(c[s] for c in clocks) / len(clocks) for s in steps]
+            acc = [statistics.mean(m["eval_acc"] for h in histories for m in h if m["step"] == s and "eval_acc" in m)
+                   for s in steps]
+            ax[0][-1].plot(seconds, acc, label=name, marker="o")
+        ax[0][-1].set(title=PANELS["eval_acc"], xlabel="training seconds (mean over runs)")
     ax[0][-1].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -4,6 +4,7 @@
 # ./run.sh gcpo.py ... run one method file (or any script here) in .venv, e.g. ./run.sh gcpo.py --max_steps 20
 # ./run.sh bench       seconds per step of each method, split by phase, and peak memory
 # ./run.sh --real      the real-model tier: SmolLM2-135M-Instruct, 8 RL seeds x 5 arms, into results/smollm2/ (hours)
+# ./run.sh --ceiling   the ceiling study: tuned oracles and methods, 16 warm starts x 100 steps, into results/ceiling/ (hours)
 set -euo pipefail
 cd "$(dirname "$0")"
 

@@ -102,7 +102,7 @@ def test_summary_json_has_every_key_and_recompute_reproduces_it(tmp_path, monkey
     arms = compare.aggregate(histories)
     mc = {a: {"start": {"corr": 0.1, "sign_agreement": 0.6, "n": 40}, "end": None} for a in arms}
     compare.write_metrics(tmp_path / "metrics.jsonl.gz", histories)
-    compare.report(tmp_path, "default", arms, dict(list(CHECKS.items())[:3]), BUDGET20, [0, 1], mc, 12.5)
+    compare.report(tmp_path, "quick", arms, dict(list(CHECKS.items())[:3]), BUDGET20, [0, 1], mc, 12.5)  # (MC: quick's)
     first = json.loads((tmp_path / "summary.json").read_text())
     task = first["tasks"]["chain"]
     assert task["interval"] == "t on warm-start means" and task["design"]["warm_starts"] == 3
@@ -258,3 +258,100 @@ def test_with_one_pretrained_start_the_unit_is_the_rl_seed_and_the_summary_is_th
     assert math.isclose(gain["gain"], 0.1 + 0.01 * 3.5) and gain["gain_ci"][0] > 0 and gain["units"] == 8
     assert text.startswith("One pretrained start x 8 RL seeds (the unit) x 2 arms")
     assert "- grpo learns: held-out accuracy +0.135 [" in text
+
+
+def fake_runs(monkeypatch, tmp_path, accuracy):
+    """run_all's subprocesses replaced: each run writes per-step metrics whose held-out accuracy is
+    accuracy(arm file, options) (evaluations at 0 and at max_steps); each check, its checks.json."""
+    launched = []
+
+    class Finished:
+        returncode = 0
+
+        def __init__(self, cmd, **kwargs):
+            launched.append(cmd)
+            options = {k[2:]: v for k, v in zip(cmd[1:], cmd[2:]) if k.startswith("--")}
+            out = tmp_path / options["output_dir"]
+            if "--check_warm_start" in cmd:
+                (out / "checks.json").write_text(json.dumps({**CHECKS[0], "seed": int(options["warm_start_seed"])}))
+            else:
+                acc = accuracy(" ".join(cmd[1:3]), options)
+                steps = int(options["max_steps"])
+                (out / "metrics.jsonl").write_text("\n".join(json.dumps(m) for m in history([0.3, acc], every=steps)))
+
+        def poll(self):
+            return 0
+    monkeypatch.setattr(compare.subprocess, "Popen", Finished)
+    monkeypatch.setattr(compare.time, "sleep", lambda s: None)
+    monkeypatch.chdir(tmp_path)
+    return launched
+
+
+def test_the_ceiling_study_tunes_each_arm_on_its_pilots_then_runs_the_best_oracle_at_every_chain_length(
+        tmp_path, monkeypatch, capsys):
+    """run_ceiling: every arm at every learning rate on the pilot warm starts (the soft oracle also
+    at every β); the confirmatory runs at the options with the highest pilot AUC; the sweep runs
+    GRPO and the oracle that beat GRPO most, at each other chain length; the summary and
+    --recompute agree."""
+    def accuracy(arm, o):  # GRPO best at 1e-4; the soft oracle best at β 16, 2e-4, and more so with more operands
+        lr, ops = float(o["learning_rate"]), int(o.get("task_operands", 4))
+        if "soft_oracle" in arm:
+            return 0.5 + float(o["decided_weight"]) / 400 + lr * 100 + 0.01 * ops + 0.001 * (int(o["seed"]) % 3)
+        return 0.5 - abs(lr - 1e-4) * 100 + 0.001 * (int(o["seed"]) % 2)
+    launched = fake_runs(monkeypatch, tmp_path, accuracy)
+    budget = {**compare.BUDGET, "max_steps": 4}
+    checks, runs, pilots, grid, sweeps = compare.run_ceiling(["grpo", "soft_oracle"], [0, 1, 2], [0], "runs", 1, budget)
+    assert len(grid) == 3 + 9 and set(pilots) == set(grid) and all(len(h) == 2 for h in pilots.values())  # 2 pilot warm starts
+    chosen = compare.choose(grid, pilots)
+    assert chosen["grpo"]["options"] == {"learning_rate": 1e-4}
+    assert chosen["soft_oracle"]["options"] == {"learning_rate": 2e-4, "decided_weight": 16.0}
+    confirm = [c for c in launched if "runs/warm" in c[c.index("--output_dir") + 1] and "--check_warm_start" not in c]
+    assert all(c[c.index("--learning_rate") + 1] == ("0.0001" if c[1] == "grpo_baseline.py" else "0.0002") for c in confirm)
+    assert sorted(sweeps) == [3, 5, 6] and all(set(hs) == {"grpo", "soft_oracle"} for hs in sweeps.values())
+    histories = {a: {(w, s): compare.read_metrics(out) for w, s, out in rs} for a, rs in runs.items()}
+    arms = compare.aggregate(histories)
+    ceiling = compare.ceiling_report(grid, pilots, arms, sweeps, histories)
+    part = ceiling[0]
+    assert part["best_oracle"] == "soft_oracle" and part["learning_rates"] == {"grpo": 1e-4, "soft_oracle": 2e-4}
+    assert sorted(part["operand_sweep"]) == [3, 4, 5, 6] and math.isclose(part["operand_trend"]["slope"], 0.01 * 0.5, rel_tol=0.2)
+    compare.write_metrics(tmp_path / "metrics.jsonl.gz", histories)
+    compare.write_metrics(tmp_path / "pilot_metrics.jsonl.gz", pilots)
+    for k, hs in sweeps.items():
+        compare.write_metrics(tmp_path / f"operands{k}_metrics.jsonl.gz", hs)
+    compare.report(tmp_path, "ceiling", arms, checks, budget, [0], {}, 1.0, None, ceiling)
+    first = json.loads((tmp_path / "summary.json").read_text())
+    assert first["tasks"]["chain"]["ceiling"]["chosen"]["soft_oracle"]["label"] == "soft_oracle_lr0.0002_b16"
+    monkeypatch.setattr("sys.argv", ["compare.py", "--recompute", str(tmp_path)])
+    compare.main()
+    assert json.loads((tmp_path / "summary.json").read_text()) == first and "| soft_oracle |" in capsys.readouterr().out
+
+
+def test_an_arm_whose_90_interval_lies_inside_the_declared_margin_is_called_equivalent():
+    near, far = (compare.aggregate(benchmark(shift, noise=0.01, W=8)) for shift in (0.004, 0.05))
+    assert near["gcpo"]["tost90"][0] > -0.02 and near["gcpo"]["tost90"][1] < 0.02 < far["gcpo"]["tost90"][1]
+    line = compare.verdict(near, margin=0.02).split("\n")[0]
+    assert line.startswith("- gcpo is not separated") and "equivalent to GRPO within the declared ±0.02" in line
+    assert "equivalent" not in compare.verdict(near).split("\n")[0]  # no margin declared: no claim
+    assert "equivalent" not in compare.verdict(far, margin=0.02).split("\n")[0]
+
+
+def test_the_monte_carlo_agreement_judges_every_arm_on_the_same_responses_at_both_ends(tmp_path, warm_cache):
+    """mc_agreement: one response of A != 0 from each of `prompts` prompts; at the end each arm's
+    final model is judged on those same responses (the same tokens counted), with bootstrap
+    intervals; the value oracle's exact A^π is checked against A_MC."""
+    import shutil
+    from embedded_task import warm_start
+    budget = dict(task="sum", cache_dir=warm_cache, warm_start_steps=250, prompts_per_step=4, num_generations=4,
+                  max_completion_length=40, micro_batch_size=8)
+    cfg = gb.GRPOConfig(**budget)
+    path = warm_start(cfg, *gb.load_task(cfg), torch.device("cpu"))
+    runs = {}
+    for arm in ("grpo", "value_oracle"):  # a stand-in final model: the warm start itself
+        shutil.copytree(path, tmp_path / arm / "final")
+        runs[arm] = [(0, 0, str(tmp_path / arm))]
+    mc, exact = compare.mc_agreement(["grpo", "value_oracle"], runs, budget, [0], (1, 3, 4), torch.device("cpu"))
+    for arm, by in mc.items():
+        assert by["start"]["responses"] == by["end"]["responses"] == 3 and by["start"]["tokens"] == by["end"]["tokens"]
+        assert by["start"]["corr"] == pytest.approx(by["end"]["corr"])  # the same model at both ends here
+        assert by["start"]["corr_ci"] is None or by["start"]["corr_ci"][0] <= by["start"]["corr"] <= by["start"]["corr_ci"][1]
+    assert exact["responses"] == 3 and exact["tokens"] == mc["grpo"]["start"]["tokens"]

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from controls import oracle_weights
 from data import extract_answer
 from embedded_task import (END, FREE_LETTERS, ROLE_NAMES, TAG, chain_lines, chain_reward, char_tokenizer, confusable_slip,
-                           contested, credit_ground_truth, first_error, free_tags, ground_truth, make_arithmetic_task,
+                           chain_path, contested, credit_ground_truth, first_error, free_tags, ground_truth, make_arithmetic_task,
                            running_sum_solution, slip_of, token_roles)
 from grpo_baseline import GRPOConfig
 
@@ -97,6 +97,28 @@ def test_the_first_wrong_token_is_where_the_reward_was_decided(nums, seed, tagge
         assert can_still_earn("".join(tokens), row)  # right so far (or right and finished)
     else:
         assert can_still_earn("".join(tokens[:wrong]), row) and not can_still_earn("".join(tokens[:wrong + 1]), row)
+
+
+@given(numbers, st.integers(0, 10**6), st.booleans(), st.data())
+def test_the_chain_path_is_the_response_until_it_went_wrong_then_the_worked_chain(nums, seed, tagged, data):
+    """chain_path: a reward-1 response that agrees with the response before its first wrong token
+    (all of it when it never went wrong), and is the response itself when that earned 1."""
+    row, rng = row_of(nums), random.Random(seed)
+    tokens = list(response(nums, seed, tagged)) + [END]
+    for _ in range(data.draw(st.integers(0, 2))):
+        tokens[data.draw(st.integers(0, len(tokens) - 1))] = data.draw(st.sampled_from("0123456789+=# \npq" + END))
+    tokens = tokens[:data.draw(st.integers(1, len(tokens)))]
+    tag = (lambda: rng.choice(FREE_LETTERS) + rng.choice(FREE_LETTERS) + " ") if tagged else None
+    wrong, path = chain_path(tokens, row, tag)
+    assert wrong == first_error(tokens, row) and path[-1] == END and END not in path[:-1]
+    assert chain_reward("".join(path[:-1]), row)[0] == 1.0
+    cut = len(tokens) if wrong is None else wrong
+    assert path[:cut] == tokens[:wrong]
+    text = "".join(path)
+    starts = [0] + [i + 1 for i, c in enumerate(text) if c == "\n"][:len(nums) - 2]  # the step lines'
+    assert all(bool(TAG.match(text, i)) == tagged for i in starts if i >= cut)  # a line it had not begun: tagged if tagging
+    if chain_reward("".join(tokens[:-1]), row)[0] == 1.0 and tokens[-1] == END:
+        assert path == tokens
 
 
 @given(numbers, st.integers(0, 10**6), st.booleans())
