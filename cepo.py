@@ -28,12 +28,12 @@ from dataclasses import dataclass
 
 import torch
 
-import diagnostics
 import grpo_baseline as gb
-from data import extract_answer
-from embedded_task import ANSWER_HINT
-from language_model import completion_logprobs, model_context, pad_batch
-from options import OUTPUT_DIR_HELP, opt
+from loop import diagnostics
+from loop.data import extract_answer
+from loop.embedded_task import ANSWER_HINT
+from loop.language_model import completion_logprobs, model_context, pad_batch
+from loop.options import OUTPUT_DIR_HELP, opt
 
 REFERENCE_HINT = " {answer}"  # the reference's hint for real models: the bare answer
 
@@ -120,8 +120,8 @@ def cepo_credit(batch, model, tokenizer, cfg, step):
     if lam and room and not rlsd:  # r+'s context was checked at the start (seam 0); a sampled r- can be any length
         r_minus = [a if a is None or len(batch.prompts[g * G]) + len(hint(a)) + batch.completion_ids.shape[1] <= room
                    else None for g, a in enumerate(r_minus)]  # one that does not fit: no r-, GRPO's credit
-    batch.notes = [f"r+ = {batch.rows[i]['answer']}, r- = " + ("the student (RLSD)" if rlsd else str(r_minus[i // G]))
-                   for i in range(len(batch.rows))]
+    batch.scored_under = [{"r+": batch.rows[i]["answer"], "r-": "the student (RLSD)" if rlsd else str(r_minus[i // G])}
+                          for i in range(len(batch.rows))]
     live = [i for i in range(len(batch.rows)) if batch.advantages[i] != 0 and (rlsd or r_minus[i // G] is not None)]
     if lam == 0 or not live:  # (2.4): no teacher pass at all
         return token_adv, {"lambda": lam}

@@ -47,22 +47,19 @@ import scipy.stats
 import torch
 from tqdm import tqdm
 
-import bench_memory
-import bench_trl
 import cepo
-import controls
-import diagnostics
 import gcpo
 import gold
 import grpo_baseline as gb
-import mc_advantage
-import paired_stats
-from checkpoint import make_dir
-from data import evaluate, prompt_ids, resolve_instruction
-from embedded_task import ROLE_NAMES, warm_start
-from language_model import first_line, load_policy
-from report import PHASES, credit_examples, phase_means, plot_curves, read_metrics, render_credit_html, render_credit_png
-from word_task import WORD_ROLES
+from benches import bench_memory, bench_trl
+from benchmark import controls, mc_advantage, paired_stats
+from loop import diagnostics
+from loop.checkpoint import make_dir
+from loop.data import evaluate, prompt_ids, resolve_instruction
+from loop.embedded_task import ROLE_NAMES, load_task, warm_start
+from loop.language_model import first_line, load_policy
+from loop.report import PHASES, credit_examples, phase_means, plot_curves, read_metrics, render_credit_html, render_credit_png
+from loop.word_task import WORD_ROLES
 
 METHODS = {"grpo": ("grpo_baseline.py", gb.GRPOConfig), "gcpo": ("gcpo.py", gcpo.GCPOConfig),
            "cepo": ("cepo.py", cepo.CEPOConfig), "gold": ("gold.py", gold.GoldConfig)}
@@ -72,7 +69,7 @@ ARMS = {**{m: ([file], cfg, SEAMS[m]) for m, (file, cfg) in METHODS.items()},
         "aa": (["grpo_baseline.py"], gb.GRPOConfig, gb.METHOD),
         "cepo_const": (["cepo.py"], cepo.CEPOConfig, cepo.METHOD),  # λ = λ0 on every step (ARM_OPTIONS)
         "gcpo_mean": (["gcpo.py"], gcpo.GCPOConfig, gcpo.METHOD),  # w = d / mean d (ARM_OPTIONS)
-        **{a: (["controls.py", a], cfg, seams) for a, (cfg, seams) in controls.ARMS.items()}}
+        **{a: (["-m", "benchmark.controls", a], cfg, seams) for a, (cfg, seams) in controls.ARMS.items()}}
 AA_SEED_OFFSET = 500  # aa samples with seed + this, on GRPO's prompts (data_seed = seed)
 TARGET_GAIN = 0.15  # steps_to_target: the first evaluation at least this far above the warm start
 # A warm start passes a check when the reference solutions are at least this many nats (per solution) more
@@ -137,7 +134,7 @@ def check_warm_start(cfg, out):
     device = torch.device("cpu")
     if cfg.model:  # the pretrained model's start accuracy on at least REAL_CHECK_SIZE problems (its runs' held-out
         cfg.eval_size = max(cfg.eval_size, REAL_CHECK_SIZE)  # rows are the first eval_size of these)
-    train_rows, eval_rows = gb.load_task(cfg)
+    train_rows, eval_rows = load_task(cfg)
     model, tokenizer = load_policy(cfg.model or warm_start(cfg, train_rows, eval_rows, device), cfg, device)
     rows, cepo_cfg = eval_rows[:100], cepo.CEPOConfig(**vars(cfg))
     checks = {"seed": cfg.warm_start_seed, "start_acc": evaluate(model, tokenizer, eval_rows, cfg, device,
@@ -619,7 +616,7 @@ def mc_agreement(arms, runs, budget, warm_starts, sample, device):
     exact = []
     for w in warm_starts[:n_warm]:
         cfg = gb.GRPOConfig(**budget, warm_start_seed=w)
-        train_rows, eval_rows = gb.load_task(cfg)
+        train_rows, eval_rows = load_task(cfg)
         reward = gb.task_reward(cfg)
         model, tokenizer = load_policy(warm_start(cfg, train_rows, eval_rows, device), cfg, device)
         batches, block = [], 0  # (batch, the first A != 0 response of each group that has one)
@@ -642,7 +639,7 @@ def mc_agreement(arms, runs, budget, warm_starts, sample, device):
                 mc = mc_advantage.mc_token_advantages(values, mask)
                 errors = mc_advantage.mc_standard_errors(values, mask, continuations)
                 for name in names:
-                    batch.notes = None
+                    batch.scored_under = None
                     token_adv, _ = ARMS[name][2]["credit"](batch, model, tokenizer, method_config(name, **budget), 1)
                     rows[name][when] += [(token_adv[i], mc[k], mask[k], errors[k]) for k, i in enumerate(picks)]
                 if when == "start":
@@ -677,12 +674,12 @@ def credit_pictures(path, cfg, device):
     """One rolled-out batch of the first warm start (or the pretrained --model), its token credit
     under GRPO, GCPO, CEPO and the oracle (the embedded task's alone) side by side (CEPO at step 1,
     λ = λ0), so a reader sees which tokens each calls decisive. Writes path.html and path.png."""
-    train_rows, eval_rows = gb.load_task(cfg)
+    train_rows, eval_rows = load_task(cfg)
     model, tokenizer = load_policy(cfg.model or warm_start(cfg, train_rows, eval_rows, device), cfg, device)
     batch, _ = informative_batch(model, tokenizer, train_rows, cfg, device)
     columns = {}
     for name, arm in (("GRPO (uniform)", "grpo"), ("GCPO", "gcpo"), ("CEPO", "cepo"), ("oracle", "oracle"))[:3 if cfg.model else 4]:
-        batch.notes = None
+        batch.scored_under = None
         token_adv, _ = ARMS[arm][2]["credit"](batch, model, tokenizer, method_config(arm, **vars(cfg)), 1)
         columns[name] = credit_examples(batch, token_adv, tokenizer, k=8)
     render_credit_html(path + ".html", columns)

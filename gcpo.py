@@ -28,11 +28,11 @@ from dataclasses import dataclass
 import torch
 
 import grpo_baseline as gb
-from data import prompt_ids, resolve_instruction
-from diagnostics import weight_diagnostics
-from embedded_task import EMPTY_QUESTION, WRONG_ANSWER_INSTRUCTION
-from language_model import completion_logprobs, pad_batch
-from options import OUTPUT_DIR_HELP, opt
+from loop.data import prompt_ids, resolve_instruction
+from loop.diagnostics import weight_diagnostics
+from loop.embedded_task import EMPTY_QUESTION, WRONG_ANSWER_INSTRUCTION
+from loop.language_model import completion_logprobs, pad_batch
+from loop.options import OUTPUT_DIR_HELP, opt
 
 TOP_SHARE, TOP_WEIGHT = 0.4, 0.8  # (1.4): x and y
 REFERENCE_WRONG_ANSWER = "\n\nNote: Intentionally generate an incorrect answer."  # the reference's x- wording
@@ -144,13 +144,11 @@ def gcpo_credit(batch, model, tokenizer, cfg, step):
     then (1.3)-(1.5)."""
     live = (batch.advantages != 0).nonzero().squeeze(1)
     token_adv = torch.zeros_like(batch.completion_mask)
-    batch.notes = [""] * len(batch.rows)
     if not len(live):
         return token_adv, {}
     logp_neg, x_minus = negative_logprobs(batch, live, model, tokenizer, cfg)
-    shown = {g: "negative prompt x-: " + repr(tokenizer.decode(ids, skip_special_tokens=True)) for g, ids in x_minus.items()}
-    for i in live.tolist():  # the credit picture's notes
-        batch.notes[i] = shown[i // batch.group_size]
+    batch.scored_under = [{"negative prompt x-": x_minus[i // batch.group_size]} if batch.advantages[i] != 0 else {}
+                          for i in range(len(batch.rows))]
     mask = batch.completion_mask[live]
     logp_pos = batch.old_logp[live]  # (1.1), scored by the loop (reads_pi_old)
     adv = batch.advantages[live]
@@ -168,7 +166,7 @@ def gcpo_recredit(batch, idx, model, tokenizer, cfg):
         rows = idx[live]
         mask = batch.completion_mask[rows]
         logp_pos, _ = completion_logprobs(model, batch.prompt_ids[rows], batch.prompt_mask[rows], batch.completion_ids[rows],
-                                          mask, cfg.temperature, cfg.micro_batch_size)  # (1.1)
+                                          mask, cfg.temperature, cfg.micro_batch_size)  # lp+ as (1.1), under the moved policy
         logp_neg, _ = negative_logprobs(batch, rows, model, tokenizer, cfg)
         token_adv[live] = gcpo_token_advantages(batch.advantages[rows], logp_pos, logp_neg, mask, cfg.weight_norm,
                                                 cfg.weight_temperature)  # (1.5)

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 import torch
 
 import grpo_baseline as gb
-from data import reward_fn
-from language_model import end_of_turn_id
-from options import OUTPUT_DIR_HELP, opt
+from loop.data import reward_fn
+from loop.language_model import end_of_turn_id
+from loop.options import OUTPUT_DIR_HELP, opt
 
 
 @dataclass

@@ -1,44 +1,43 @@
 """GRPO, the baseline every credit-assignment method here is a diff against. Docs: docs/grpo.md.
 
-One RL step, as train_run runs it; a method file replaces the seams (n), numbered in run order,
+One RL step, as grpo_step runs it; a method file replaces the seams (n), numbered in run order,
 through its METHOD dict:
 
     (0) contexts          the contexts a response is scored under in place of its prompt (GCPO's x-,
                           CEPO's prompt + hint), checked against the model's context at the start
     (1) preflight         once, before step 1 (CEPO: does the model read its hints?)
-    prompts               B per step, a pure function of (seed, step)          step_prompts
+    prompts               B per step, a pure function of (seed, step)          loop.job.step_prompts
     responses, rewards    G samples per prompt, rewarded 0/1                   sample
     (2) edit_rollouts     on each group as drawn (Gold: a reference joins an all-wrong group)
     A_i                   group-normalised rewards                             (0.1)
-    log pi_old            here, or the update's first pass                     score_pi_old
+    log pi_old            here, or the update's own pass                       score_pi_old
     (3) credit -> Â       GRPO: A_i on every token (0.2); GCPO, CEPO vary it by token
-    (4) loss_fn           PPO-clip (0.3)-(0.4); Gold: a sequence ratio
+    (4) loss_fn           PPO-clip (0.3)-(0.4); Gold: a sequence ratio; GCPO: + its entropy term
     (5) recredit          GCPO: Â again after each optimizer step, when there are several
+    reads_pi_old(cfg)     whether the credit reads log pi_old, so it must be scored before the update
 
-Config, rollout, GRPO math (pure tensor functions), update, loop; logging is diagnostics.py's,
+Config, rollout, GRPO math (pure tensor functions), update, the step. The job around the step
+(run directory, resume, evaluations, checkpoints) is loop/job.py's; logging is diagnostics.py's,
 the command line options.py's. With no --model / --dataset it trains the embedded default: an
 arithmetic task and a tiny Llama warm-started from scratch.
 """
+import functools
 import json
 import math
-import os
-import random
 import signal
 import sys
 import time
 from dataclasses import dataclass
 
 import torch
-from tqdm import tqdm
 
-from checkpoint import open_run, restore, save_checkpoint, written
-from data import DataOptions, encode_prompts, evaluate, finite_rewards, resolve_instruction
-from diagnostics import step_metrics
-from dynamic_sampling import resample_informative
-from embedded_task import TaskOptions, load_task, task_reward, warm_start
-from language_model import check_context, completion_logprobs, generate, load_policy, pad_batch, stop_ids
-from options import OUTPUT_DIR_HELP, check_options, opt, parse_config
-from report import credit_examples, history_last, reset_peak_memory, write_run_report
+from loop import job
+from loop.data import DataOptions, finite_rewards
+from loop.diagnostics import step_metrics
+from loop.dynamic_sampling import resample_informative
+from loop.embedded_task import TaskOptions, task_reward
+from loop.language_model import completion_logprobs, generate, pad_batch
+from loop.options import OUTPUT_DIR_HELP, check_options, opt, parse_config
 
 
 # =============================================================================================
@@ -107,7 +106,7 @@ class Rollouts:
     ref_logp: torch.Tensor = None  # (N, L) log pi_ref when beta > 0
     group_size: int = 1
     sampled: torch.Tensor = None   # (N,) bool: False where the policy did not sample (Gold's)
-    notes: list = None             # (N,) what the credit scored each response under (the picture)
+    scored_under: list = None      # (N,) {what: text or token ids} a credit scored each response under
 
 
 def sample(model, tokenizer, rows, prompts, cfg, device, stats):
@@ -130,7 +129,7 @@ def rollout(model, tokenizer, rows, prompts, cfg, device, ref_model, edit_rollou
     G = cfg.num_generations
     t0 = time.perf_counter()
     stats = {}
-    def draw(rows, prompts):  # edited before dynamic sampling judges the group (Gold's must be)
+    def sample_and_edit(rows, prompts):  # edited before dynamic sampling judges the group (Gold's must be)
         rows, prompts, ids, mask, texts, rewards = sample(model, tokenizer, rows, prompts, cfg, device, stats)
         sampled = torch.ones_like(rewards, dtype=torch.bool)
         if edit_rollouts is not None:
@@ -138,26 +137,29 @@ def rollout(model, tokenizer, rows, prompts, cfg, device, ref_model, edit_rollou
             stats.update({k: stats.get(k, 0) + v for k, v in edited.items()})  # summed over sampling rounds
         return rows, prompts, ids, mask, texts, rewards, sampled
 
-    drawn = draw(rows, prompts)
+    drawn = sample_and_edit(rows, prompts)
     if cfg.dynamic_sampling:  # DAPO: resample until enough groups are informative
-        drawn = resample_informative(drawn, draw, more_prompts, len(prompts), cfg, tokenizer.pad_token_id, stats)
+        drawn = resample_informative(drawn, sample_and_edit, more_prompts, len(prompts), cfg, tokenizer.pad_token_id, stats)
     rows, prompts, completion_ids, mask, texts, rewards, sampled = drawn
     times = {"t_generate": time.perf_counter() - t0, "t_score": 0.0}
     advantages = group_advantages(rewards, G, scale=cfg.scale_rewards == "group")
     p_ids, p_mask, _, _ = pad_batch(prompts, [[]] * len(prompts), tokenizer.pad_token_id, device)
     batch = Rollouts(rows, prompts, p_ids, p_mask, completion_ids, mask, texts, rewards, advantages, group_size=G,
                      sampled=sampled)
-    if ref_model is not None:
-        batch.ref_logp = score_pi_old(ref_model, batch, cfg, times, entropy=False)[0]  # the same pass, frozen model
+    if ref_model is not None:  # log pi_ref, for the KL term: the frozen model's teacher-forced pass
+        t = time.perf_counter()
+        batch.ref_logp = completion_logprobs(ref_model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
+                                             batch.completion_mask, cfg.temperature, cfg.micro_batch_size)[0]
+        times["t_score"] += time.perf_counter() - t
     return batch, times, stats
 
 
-def score_pi_old(model, batch, cfg, times=None, entropy=True):
+def score_pi_old(model, batch, cfg, times=None):
     """log pi_old (N, L): the sampling policy's log-probs of its tokens, teacher-forced at the
     sampling temperature, no grad; and the entropy (N, L). Seconds go to times["t_score"]."""
     t = time.perf_counter()
     out = completion_logprobs(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask,
-                              cfg.temperature, cfg.micro_batch_size, entropy=entropy)
+                              cfg.temperature, cfg.micro_batch_size, entropy=True)
     if times is not None:
         times["t_score"] += time.perf_counter() - t
     return out
@@ -239,7 +241,7 @@ METHOD = {"credit": grpo_credit, "loss_fn": grpo_loss}
 
 
 # =============================================================================================
-# 4. Update and training loop.
+# 4. Update: PPO epochs over the rolled-out batch.
 # =============================================================================================
 def update(model, optimizer, batch, token_adv, cfg, loss_fn=grpo_loss, recredit=None):
     """num_iterations PPO epochs of num_mini_batches optimizer steps each; a mini-batch with a
@@ -247,15 +249,18 @@ def update(model, optimizer, batch, token_adv, cfg, loss_fn=grpo_loss, recredit=
     the credit under the current policy for every mini-batch after the first."""
     N = len(batch.rows)
     size = N // cfg.num_mini_batches
-    # One optimizer step and no pi_old scored (the defaults): pi_old is the policy as it stands, so
-    # this pass, detached, is log pi_old (ratio 1), one pass fewer, as TRL.
-    logs, skipped, fresh = [], 0, batch.old_logp is None
-    scored = ([], [])  # fresh: log pi_old and entropy from this pass
+    # log pi_old: batch.old_logp when it was scored before the update. Else (one optimizer step, the
+    # default) pi_old is the policy as it stands, and this update's own pass, detached, is log pi_old
+    # (ratio 1): one pass fewer, as TRL.
+    own_pass = batch.old_logp is None
+    own_logp, own_entropy = [], []  # with own_pass: log pi_old and the entropy from this pass, for the metrics
+    logs, skipped, first = [], 0, True
     for _ in range(cfg.num_iterations):
         order = torch.randperm(N) if cfg.num_mini_batches > 1 else torch.arange(N)
         for m in range(cfg.num_mini_batches):
             idx = order[m * size:(m + 1) * size].to(batch.completion_mask.device)
-            adv = recredit(idx) if recredit is not None and len(logs) + skipped else token_adv[idx]
+            adv = token_adv[idx] if first or recredit is None else recredit(idx)  # seam 5 after the first step
+            first = False
             mask = batch.completion_mask[idx]
             normalizer = mask.sum() if cfg.loss_type == "token-mean" else len(idx)
             optimizer.zero_grad()
@@ -264,12 +269,13 @@ def update(model, optimizer, batch, token_adv, cfg, loss_fn=grpo_loss, recredit=
                 mb = idx[s:s + cfg.micro_batch_size]
                 logp, entropy = completion_logprobs(model, batch.prompt_ids[mb], batch.prompt_mask[mb], batch.completion_ids[mb],
                                                     batch.completion_mask[mb], cfg.temperature, cfg.micro_batch_size,
-                                                    grad=True, entropy=fresh)
-                if fresh:
-                    scored[0].append(logp.detach())
-                    scored[1].append(entropy)
-                loss, stats = loss_fn(logp, scored[0][-1] if fresh else batch.old_logp[mb], adv[s:s + cfg.micro_batch_size],
-                                      batch.completion_mask[mb], cfg, normalizer)
+                                                    grad=True, entropy=own_pass)
+                old_logp = logp.detach() if own_pass else batch.old_logp[mb]
+                if own_pass:
+                    own_logp.append(old_logp)
+                    own_entropy.append(entropy)
+                loss, stats = loss_fn(logp, old_logp, adv[s:s + cfg.micro_batch_size], batch.completion_mask[mb], cfg,
+                                      normalizer)
                 if cfg.beta > 0:
                     kl = torch.where(batch.completion_mask[mb] > 0, kl_k3(logp, batch.ref_logp[mb]), 0.0)
                     loss = loss + cfg.beta * aggregate(kl, batch.completion_mask[mb], cfg.loss_type, normalizer)
@@ -289,98 +295,45 @@ def update(model, optimizer, batch, token_adv, cfg, loss_fn=grpo_loss, recredit=
                 continue
             optimizer.step()
             logs.append({**stats_sum, "grad_norm": grad_norm.item()})
-    if fresh:  # a skipped step left pi_old unscored (the policy has not moved): score it for the metrics
-        batch.old_logp, batch.entropy = (torch.cat(t) for t in scored) if logs else score_pi_old(model, batch, cfg)
+    if own_pass:  # a skipped step left pi_old unscored (the policy has not moved): score it for the metrics
+        batch.old_logp, batch.entropy = (torch.cat(own_logp), torch.cat(own_entropy)) if logs else score_pi_old(model, batch, cfg)
     out = {k: sum(l[k] for l in logs) / len(logs) for k in logs[0]} if logs else {}
     return {**out, "skipped_updates": skipped}
 
 
-def step_prompts(step, batch_size, n, seed):
-    """Indices of step `step`'s prompts (1-based): seeded permutations, so a resumed run sees the same."""
-    out = []
-    for k in range((step - 1) * batch_size, step * batch_size):
-        epoch, pos = divmod(k, n)
-        out.append(torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))[pos].item())
-    return out
+# =============================================================================================
+# 5. One RL step, the seams in order; the job around it (run directory, resume, evaluation,
+#    checkpoints, timing, skips) is loop/job.py's.
+# =============================================================================================
+def grpo_step(job, rows, prompts, more_prompts, step, cfg, credit=grpo_credit, loss_fn=grpo_loss, edit_rollouts=None,
+              recredit=None, reads_pi_old=lambda cfg: False):
+    """One RL step on this step's prompts -> (metrics, batch, Â). job: the model, optimizer,
+    reference model, tokenizer and device (loop.job.Job); more_prompts(round): dynamic sampling's."""
+    model, tokenizer = job.model, job.tokenizer
+    batch, times, stats = rollout(model, tokenizer, rows, prompts, cfg, job.device, job.ref_model, edit_rollouts,  # seam 2
+                                  more_prompts)
+    several_steps = cfg.num_iterations * cfg.num_mini_batches > 1
+    if reads_pi_old(cfg) or several_steps:  # log pi_old scored here; else the update's own pass gives it
+        batch.old_logp, batch.entropy = score_pi_old(model, batch, cfg, times)
+    t0 = time.perf_counter()
+    token_adv, credit_stats = credit(batch, model, tokenizer, cfg, step)  # seam 3
+    t1 = time.perf_counter()
+    upd = update(model, job.optimizer, batch, token_adv, cfg, loss_fn,  # seams 4 and 5
+                 recredit and (lambda idx: recredit(batch, idx, model, tokenizer, cfg)))
+    t2 = time.perf_counter()
+    metrics = {"step": step, **stats, **credit_stats, **upd, **times, "t_credit": t1 - t0, "t_update": t2 - t1,
+               **step_metrics(batch, token_adv, model, tokenizer, cfg, job.device)}
+    return metrics, batch, token_adv
 
 
 def train(cfg, credit=grpo_credit, loss_fn=grpo_loss, edit_rollouts=None, recredit=None, preflight=None,
           reads_pi_old=lambda cfg: False, contexts=None):
-    """Run RL with the given seams; returns the run's summary. Seam 0, contexts(tokenizer, rows,
-    prompts, cfg) -> (name, one token-id list per row); seam 1, preflight(model, tokenizer,
-    eval_rows, cfg) -> metrics for the step-0 record."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    with open_run(cfg) as run:  # locked; with --resume, the checkpoint and the history up to it
-        return train_run(run, cfg, device, credit, loss_fn, edit_rollouts, recredit, preflight, reads_pi_old, contexts)
-
-
-def train_run(run, cfg, device, credit, loss_fn, edit_rollouts, recredit, preflight, reads_pi_old, contexts):
-    """train's body, in the run directory open_run prepared."""
-    train_rows, eval_rows = load_task(cfg)
-    if cfg.dataset and not cfg.model:
-        raise ValueError(f"--dataset {cfg.dataset} needs --model: the embedded model knows only the embedded task")
-    if cfg.dataset and cfg.eval_split == cfg.dataset_split:
-        print(f"warning: --eval_split {cfg.eval_split} is the training split: the held-out accuracy is measured on rows "
-              "the run trains on; name a split the dataset lacks to hold --eval_size rows out of training", file=sys.stderr)
-    model_path = cfg.model or warm_start(cfg, train_rows, eval_rows, device)
-    model, tokenizer = load_policy(model_path, cfg, device)
-    instruction = resolve_instruction(cfg)
-    train_rows, prompts = encode_prompts(tokenizer, train_rows, instruction, cfg.max_prompt_length)
-    eval_rows, eval_prompts = encode_prompts(tokenizer, eval_rows, instruction, cfg.max_prompt_length)
-    check_context(model.config, prompts + eval_prompts, cfg.max_completion_length,  # seam 0
-                  scored=contexts and contexts(tokenizer, train_rows + eval_rows, prompts + eval_prompts, cfg),
-                  rows=train_rows + eval_rows)
-    ref_model = load_policy(model_path, cfg, device)[0].requires_grad_(False) if cfg.beta > 0 else None
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    reset_peak_memory(device)
-    start = run.start  # 0, or with --resume the checkpoint's step (open_run kept the history up to it)
-    if run.state is not None:
-        restore(run.state, model, optimizer)
-        run.state = None  # (memory-mapped from the file the next checkpoint replaces)
-    stop_tokens = tokenizer.convert_ids_to_tokens(stop_ids(model))
-    print(f"[model] responses end at any of {stop_tokens}")
-    if start == 0:
-        checks = preflight(model, tokenizer, eval_rows, cfg) if preflight else {}
-        run.clear()  # --overwrite_output_dir: the old run goes only now, when the new one has passed every check
-        run.record({"step": 0, "stop_tokens": stop_tokens, "learning_rate": cfg.learning_rate,
-                    "max_grad_norm": cfg.max_grad_norm, **checks,
-                    "eval_acc": evaluate(model, tokenizer, eval_rows, cfg, device, instruction, task_reward(cfg))})
-    bar = tqdm(range(start + 1, cfg.max_steps + 1), desc=os.path.basename(cfg.output_dir), initial=start,
-               total=cfg.max_steps, file=sys.stdout)
-    for step in bar:
-        def draw(round):  # round 0: this step's prompts; later ones: more, for dynamic sampling
-            data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
-            idx = step_prompts(step, cfg.prompts_per_step, len(train_rows), data_seed + 1000003 * round)
-            return [train_rows[i] for i in idx], [prompts[i] for i in idx]
-
-        batch, times, stats = rollout(model, tokenizer, *draw(0), cfg, device, ref_model, edit_rollouts, draw)
-        # log pi_old, PPO's denominator: here when the credit reads it or the update takes several
-        # optimizer steps; else the update's first pass gives it.
-        if reads_pi_old(cfg) or cfg.num_iterations * cfg.num_mini_batches > 1:
-            batch.old_logp, batch.entropy = score_pi_old(model, batch, cfg, times)
-        t0 = time.perf_counter()
-        token_adv, credit_stats = credit(batch, model, tokenizer, cfg, step)
-        t1 = time.perf_counter()
-        upd = update(model, optimizer, batch, token_adv, cfg, loss_fn,
-                     recredit and (lambda idx: recredit(batch, idx, model, tokenizer, cfg)))
-        t2 = time.perf_counter()
-        metrics = {"step": step, **stats, **credit_stats, **upd, **times, "t_credit": t1 - t0, "t_update": t2 - t1,
-                   **step_metrics(batch, token_adv, model, tokenizer, cfg, device)}
-        if upd["skipped_updates"]:
-            print(f"[train] step {step}: skipped {upd['skipped_updates']} update(s) with a non-finite loss or gradient",
-                  file=sys.stderr)
-        if step % cfg.eval_steps == 0 or step == cfg.max_steps:
-            metrics["eval_acc"] = evaluate(model, tokenizer, eval_rows, cfg, device, instruction, task_reward(cfg))
-        run.record(metrics)
-        bar.set_postfix(reward=f"{metrics['reward']:.2f}", eval=f"{history_last(run.history, 'eval_acc'):.2f}")
-        if step % cfg.save_steps == 0 or step == cfg.max_steps:
-            save_checkpoint(run.ckpt_path, model, optimizer, step, cfg)
-    last_credit = credit_examples(batch, token_adv, tokenizer) if start < cfg.max_steps else None
-    with written(os.path.join(cfg.output_dir, "final")):  # a full disk here: rerun with --resume to write it again
-        return write_run_report(cfg.output_dir, run.history, last_credit, model, tokenizer)
+    """Run RL with the given seams (a method file's METHOD); returns the run's summary. Seam 0,
+    contexts(tokenizer, rows, prompts, cfg) -> (name, one token-id list per row); seam 1,
+    preflight(model, tokenizer, eval_rows, cfg) -> metrics for the step-0 record; both run by the job."""
+    step = functools.partial(grpo_step, cfg=cfg, credit=credit, loss_fn=loss_fn, edit_rollouts=edit_rollouts,
+                             recredit=recredit, reads_pi_old=reads_pi_old)
+    return job.run(cfg, step, preflight, contexts)
 
 
 def main(config_cls=GRPOConfig, argv=None, **method):

@@ -22,6 +22,6 @@ PY=.venv/bin/python
 case "${1:-}" in
   test) shift; exec "$PY" -m pytest -q tests "$@" ;;
   bench) shift; exec "$PY" compare.py --bench "$@" ;;
-  *.py) exec "$PY" "$@" ;;
+  *.py|-m) exec "$PY" "$@" ;;  # e.g. ./run.sh -m benchmark.controls oracle
   *) exec "$PY" compare.py "$@" ;;  # e.g. ./run.sh --full, ./run.sh --quick
 esac

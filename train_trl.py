@@ -24,10 +24,10 @@ from transformers.hf_argparser import string_to_bool
 from trl import GRPOConfig, GRPOTrainer
 
 import grpo_baseline as gb
-from checkpoint import make_dir, remove
-from data import load_rows, prompt_ids, resolve_instruction, reward_fn
-from language_model import check_context, check_tokenizer, first_line
-from trl_credit import CEPOTrainer, GCPOTrainer, GoldTrainer
+from loop.checkpoint import make_dir, remove
+from loop.data import load_rows, prompt_ids, resolve_instruction, reward_fn
+from loop.language_model import check_context, check_tokenizer, first_line
+from trl_trainers.trl_credit import CEPOTrainer, GCPOTrainer, GoldTrainer
 
 TRAINERS = {"grpo": GRPOTrainer, "gcpo": GCPOTrainer, "cepo": CEPOTrainer, "gold": GoldTrainer}
 

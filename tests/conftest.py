@@ -9,8 +9,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import grpo_baseline as gb  # noqa: E402
-from embedded_task import warm_start  # noqa: E402
-from language_model import load_policy  # noqa: E402
+from loop.embedded_task import load_task, warm_start  # noqa: E402
+from loop.language_model import load_policy  # noqa: E402
 
 # No deadline: the first call of a torch op can take far longer than the next ones.
 settings.register_profile("project", max_examples=60, deadline=None)
@@ -39,7 +39,7 @@ def tiny_cfg(tmp_path, warm_cache):
 def tiny_policy():
     """(model, tokenizer, train rows, eval rows) of a config's warm start, on the CPU."""
     def make(cfg):
-        train_rows, eval_rows = gb.load_task(cfg)
+        train_rows, eval_rows = load_task(cfg)
         cpu = gb.torch.device("cpu")
         model, tok = load_policy(warm_start(cfg, train_rows, eval_rows, cpu), cfg, cpu)
         return model, tok, train_rows, eval_rows

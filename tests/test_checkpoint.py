@@ -14,8 +14,9 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 import cepo
 import grpo_baseline as gb
-from checkpoint import make_dir, metrics_until, open_run, read_checkpoint, restore, save_checkpoint
-from report import read_metrics
+from loop import job
+from loop.checkpoint import make_dir, metrics_until, open_run, read_checkpoint, restore, save_checkpoint
+from loop.report import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -201,7 +202,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(tmp_path):
         import resource, signal, sys, torch
         sys.path.insert(0, {ROOT!r})
         import grpo_baseline as gb
-        from checkpoint import save_checkpoint
+        from loop.checkpoint import save_checkpoint
         model = torch.nn.Linear(300, 300)
         optimizer = torch.optim.AdamW(model.parameters())
         path = {str(tmp_path / "checkpoint.pt")!r}
@@ -248,7 +249,7 @@ def test_bad_directories_are_one_line_before_any_work(tiny_cfg, tmp_path, monkey
     (tmp_path / "a_file").write_text("")
     with pytest.raises(ValueError, match="--cache_dir .* is a file"):  # (the warm start's first check)
         gb.train(tiny_cfg(cache_dir=str(tmp_path / "a_file")))
-    monkeypatch.setattr(gb, "warm_start", lambda *a: pytest.fail("the warm start ran before the check"))
+    monkeypatch.setattr(job, "warm_start", lambda *a: pytest.fail("the warm start ran before the check"))
     with pytest.raises(ValueError, match="--output_dir .* is a file"):
         gb.train(tiny_cfg(output_dir=str(tmp_path / "a_file")))
     cfg = tiny_cfg(resume=True)
@@ -262,7 +263,8 @@ KILLED_AT = textwrap.dedent("""
     import os, signal, sys
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C's, also where a background shell ignores SIGINT
     sys.path.insert(0, {root!r})
-    import checkpoint, grpo_baseline as gb
+    import grpo_baseline as gb
+    from loop import checkpoint, job
     calls = 0
     def at(real):
         def wrapper(*args, **kwargs):
@@ -282,7 +284,7 @@ def untimed(output_dir):
     return [{k: v for k, v in m.items() if not k.startswith("t_") and k != "peak_mem_mb"} for m in read_metrics(output_dir)]
 
 
-PHASES = {"rollout": "gb", "update": "gb", "evaluate": "gb", "save_checkpoint": "gb", "record": "checkpoint.Run"}
+PHASES = {"rollout": "gb", "update": "gb", "evaluate": "job", "save_checkpoint": "job", "record": "checkpoint.Run"}
 RESUMED = {}  # the uninterrupted run's (metrics, weights), computed once
 
 

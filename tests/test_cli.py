@@ -16,6 +16,7 @@ import compare
 import gcpo
 import gold
 import grpo_baseline as gb
+from loop import job
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = [gb.GRPOConfig, gcpo.GCPOConfig, cepo.CEPOConfig, gold.GoldConfig]
@@ -71,7 +72,7 @@ def test_method_options_are_checked_the_same_way(config_cls, argv, flag, capsys)
 def test_a_dataset_without_a_model_is_one_line_before_any_work(tmp_path, monkeypatch):
     data = tmp_path / "data.jsonl"
     data.write_text("".join(f'{{"question": "{a}+1", "answer": "{a + 1}"}}\n' for a in range(300)))
-    monkeypatch.setattr(gb, "warm_start", lambda *a: pytest.fail("the warm start ran"))
+    monkeypatch.setattr(job, "warm_start", lambda *a: pytest.fail("the warm start ran"))
     with pytest.raises(SystemExit, match=f"error: --dataset {data} needs --model"):
         gb.main(gb.GRPOConfig, ["--dataset", str(data), "--output_dir", str(tmp_path / "run")])
 

@@ -275,7 +275,7 @@ def fake_runs(monkeypatch, tmp_path, accuracy):
             if "--check_warm_start" in cmd:
                 (out / "checks.json").write_text(json.dumps({**CHECKS[0], "seed": int(options["warm_start_seed"])}))
             else:
-                acc = accuracy(" ".join(cmd[1:3]), options)
+                acc = accuracy(" ".join(cmd[1:4]), options)
                 steps = int(options["max_steps"])
                 (out / "metrics.jsonl").write_text("\n".join(json.dumps(m) for m in history([0.3, acc], every=steps)))
 
@@ -340,11 +340,11 @@ def test_the_monte_carlo_agreement_judges_every_arm_on_the_same_responses_at_bot
     final model is judged on those same responses (the same tokens counted), with bootstrap
     intervals; the value oracle's exact A^π is checked against A_MC."""
     import shutil
-    from embedded_task import warm_start
+    from loop.embedded_task import load_task, warm_start
     budget = dict(task="sum", cache_dir=warm_cache, warm_start_steps=250, prompts_per_step=4, num_generations=4,
                   max_completion_length=40, micro_batch_size=8)
     cfg = gb.GRPOConfig(**budget)
-    path = warm_start(cfg, *gb.load_task(cfg), torch.device("cpu"))
+    path = warm_start(cfg, *load_task(cfg), torch.device("cpu"))
     runs = {}
     for arm in ("grpo", "value_oracle"):  # a stand-in final model: the warm start itself
         shutil.copytree(path, tmp_path / arm / "final")

@@ -4,10 +4,10 @@ import pytest
 import torch
 from hypothesis import given
 
-import controls
 import grpo_baseline as gb
-from data import prompt_ids, resolve_instruction
-from report import read_metrics
+from benchmark import controls
+from loop.data import prompt_ids, resolve_instruction
+from loop.report import read_metrics
 
 
 def masks(draw, n, length):

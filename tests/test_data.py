@@ -13,11 +13,11 @@ from unittest import mock
 import pytest
 from hypothesis import given, strategies as st
 
-import data
 import grpo_baseline as gb
-from data import answers_match, bare_answer, check_answer, extract_answer, load_rows, reward_fn
-from embedded_task import char_tokenizer
 from grpo_baseline import GRPOConfig
+from loop import data
+from loop.data import answers_match, bare_answer, check_answer, extract_answer, load_rows, reward_fn
+from loop.embedded_task import char_tokenizer
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 

@@ -89,3 +89,17 @@ def test_parentheses_and_brackets_balance(page):
                     depth["(" if ch == ")" else "["] -= 1
                     assert min(depth.values()) >= 0, f"{page}:{line}: a stray '{ch}' in {row.strip()[:160]!r}"
             assert depth == {"(": 0, "[": 0}, f"{page}:{line}: an unclosed bracket in {row.strip()[:160]!r}"
+
+
+def test_the_times_compare_prints_for_its_presets_are_the_measured_ones():
+    """compare.py's usage prints each committed preset's time ('~85 min'): it must match the
+    wall_minutes its summary.json measured, within 20% (a '~1.5 h' stood beside 85 measured)."""
+    import json
+    with open(os.path.join(ROOT, "compare.py"), encoding="utf-8") as f:
+        usage = f.read().split('"""')[1]
+    for flag, folder in (("", "results"), ("--full", os.path.join("results", "full"))):
+        line = next(l for l in usage.splitlines() if re.fullmatch(rf"\s+python compare.py {re.escape(flag)}\s*#.*", l))
+        printed = float(re.search(r"~(\d+) min", line).group(1))
+        with open(os.path.join(ROOT, folder, "summary.json"), encoding="utf-8") as f:
+            measured = json.load(f)["wall_minutes"]
+        assert abs(printed - measured) <= 0.2 * measured, f"{line.strip()!r}: {measured:.0f} min measured"

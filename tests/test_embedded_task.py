@@ -9,9 +9,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controls import oracle_weights
-from data import extract_answer
-from embedded_task import (END, FREE_LETTERS, ROLE_NAMES, TAG, chain_lines, chain_reward, char_tokenizer, confusable_slip,
+from benchmark.controls import oracle_weights
+from loop.data import extract_answer
+from loop.embedded_task import (END, FREE_LETTERS, ROLE_NAMES, TAG, chain_lines, chain_reward, char_tokenizer, confusable_slip,
                            chain_path, contested, credit_ground_truth, first_error, free_tags, ground_truth, make_arithmetic_task,
                            running_sum_solution, slip_of, token_roles)
 from grpo_baseline import GRPOConfig

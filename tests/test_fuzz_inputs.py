@@ -18,11 +18,10 @@ from hypothesis import example, given, settings, strategies as st
 from transformers import AutoTokenizer
 
 import cepo
-import diagnostics
-import data
 import gold
-from data import check_answer, extract_answer, load_rows, normalize_answer
 from grpo_baseline import GRPOConfig
+from loop import data, diagnostics
+from loop.data import check_answer, extract_answer, load_rows, normalize_answer
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 TIME_BOUND_S = 3 * data.VERIFY_TIMEOUT_S + 1  # math-verify's bound on two parses and a comparison, plus parsing

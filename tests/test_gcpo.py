@@ -9,9 +9,9 @@ from hypothesis import given
 
 import gcpo
 import grpo_baseline as gb
-from data import prompt_ids
-from embedded_task import char_tokenizer
-from language_model import completion_logprobs
+from loop.data import prompt_ids
+from loop.embedded_task import char_tokenizer
+from loop.language_model import completion_logprobs
 
 NORMS = st.sampled_from(["hist", "mean", "softmax"])
 # multiples of 1/8: sums and differences are exact in float64, so shifts and ties are exact too

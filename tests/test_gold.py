@@ -9,8 +9,8 @@ from hypothesis import given
 
 import gold
 import grpo_baseline as gb
-from data import prompt_ids
-from embedded_task import char_tokenizer
+from loop.data import prompt_ids
+from loop.embedded_task import char_tokenizer
 
 
 @st.composite

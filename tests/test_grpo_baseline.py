@@ -8,12 +8,12 @@ import pytest
 import torch
 
 import cepo
-import dynamic_sampling
 import gcpo
 import grpo_baseline as gb
-from data import DEFAULT_INSTRUCTION, prompt_ids
-from embedded_task import char_tokenizer, warm_start
-from language_model import load_policy
+from loop import dynamic_sampling, job
+from loop.data import DEFAULT_INSTRUCTION, prompt_ids
+from loop.embedded_task import char_tokenizer, load_task, warm_start
+from loop.language_model import load_policy
 
 TIMING = ("t_generate", "t_score", "t_credit", "t_update", "peak_mem_mb")
 
@@ -39,7 +39,7 @@ def test_a_few_steps_of_grpo_train_and_log(tiny_cfg):
     assert any(m["grad_norm"] > 0 for m in metrics[1:])
     assert set(summary) >= {"start_acc", "final_acc", "sec_per_step", "peak_mem_mb"}
     assert os.path.getsize(os.path.join(cfg.output_dir, "curves.png")) > 1000
-    start = load_policy(warm_start(cfg, *gb.load_task(cfg), torch.device("cpu")), cfg, torch.device("cpu"))[0]
+    start = load_policy(warm_start(cfg, *load_task(cfg), torch.device("cpu")), cfg, torch.device("cpu"))[0]
     trained = load_policy(os.path.join(cfg.output_dir, "final"), cfg, torch.device("cpu"))[0]
     assert any(not torch.equal(a, b) for a, b in zip(start.parameters(), trained.parameters()))
 
@@ -141,11 +141,12 @@ def test_a_non_finite_reward_is_one_line_not_a_run_of_skipped_updates(tiny_cfg, 
     skipped, and the run 'finished'. Now the first such reward stops it, naming the value: in the step-0
     evaluation, before a NaN accuracy is recorded, or in a step."""
     nan = lambda response, row: (float("nan"), False)  # noqa: E731
-    monkeypatch.setattr(gb, "task_reward", lambda cfg: nan)
+    for module in (gb, job):  # the step's rewards, the job's evaluations
+        monkeypatch.setattr(module, "task_reward", lambda cfg: nan)
     with pytest.raises(ValueError, match="^the reward function returned nan for a response; rewards must be finite"):
         gb.train(tiny_cfg(max_steps=1))
     assert not os.path.exists(os.path.join(tiny_cfg().output_dir, "metrics.jsonl"))  # no record of a NaN accuracy
-    monkeypatch.setattr(gb, "evaluate", lambda *args: 0.5)
+    monkeypatch.setattr(job, "evaluate", lambda *args: 0.5)
     with pytest.raises(ValueError, match="^the reward function returned nan for a response; rewards must be finite"):
         gb.train(tiny_cfg(max_steps=1, output_dir=tiny_cfg().output_dir + "_steps"))
 
@@ -159,7 +160,7 @@ def test_non_finite_credit_skips_the_update_and_keeps_the_checkpoint_clean(tiny_
     gb.train(cfg, credit=nan_credit)
     assert [m["skipped_updates"] for m in read_metrics(cfg.output_dir)[1:]] == [1, 1]
     assert "non-finite" in capsys.readouterr().err
-    start = load_policy(warm_start(cfg, *gb.load_task(cfg), torch.device("cpu")), cfg, torch.device("cpu"))[0]
+    start = load_policy(warm_start(cfg, *load_task(cfg), torch.device("cpu")), cfg, torch.device("cpu"))[0]
     for name, value in start.state_dict().items():
         assert torch.equal(value, final_weights(cfg.output_dir)[name]), name
 
@@ -265,7 +266,7 @@ def test_prompts_and_responses_must_fit_the_models_context_and_held_out_prompts_
     def evaluate(model, tokenizer, rows, *args):
         evaluated.append([r["question"] for r in rows])
         return 0.0
-    monkeypatch.setattr(gb, "evaluate", evaluate)
+    monkeypatch.setattr(job, "evaluate", evaluate)
     gb.train(gb.GRPOConfig(**cfg, max_completion_length=20, output_dir=str(tmp_path / "fits")))
     assert evaluated[0] == [r["question"] for r in short[:3]]  # the 201-character held-out prompt was skipped
     evaluated.clear()
@@ -290,7 +291,7 @@ def test_the_contexts_a_method_scores_responses_under_must_fit_the_models_contex
         for part in ("train", "test"):
             (tmp_path / name / f"{part}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in split))
     evaluated = []
-    monkeypatch.setattr(gb, "evaluate", lambda *args: evaluated.append(1) or 0.0)
+    monkeypatch.setattr(job, "evaluate", lambda *args: evaluated.append(1) or 0.0)
 
     def run(config, method, data, **options):
         cfg = config(model=model, dataset=str(tmp_path / data), instruction="", max_prompt_length=40, prompts_per_step=2,
@@ -345,7 +346,7 @@ def test_a_sampled_wrong_answer_too_long_for_the_context_gets_no_teacher(tmp_pat
     grpo = gb.grpo_token_advantages(batch.advantages, c_mask)
     assert stats["teacher_rows"] == 2  # group 1's two responses only
     assert torch.equal(token_adv[:2], grpo[:2]) and not torch.equal(token_adv[2:], grpo[2:])
-    assert batch.notes[0].endswith("r- = None") and batch.notes[2].endswith("r- = 9")
+    assert batch.scored_under[0]["r-"] == "None" and batch.scored_under[2]["r-"] == "9"
 
 
 def test_an_eval_split_that_is_the_training_split_is_warned_of(tmp_path, capsys):

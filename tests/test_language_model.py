@@ -6,9 +6,8 @@ import torch
 from hypothesis import given, settings
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from embedded_task import char_tokenizer, warm_start
-from grpo_baseline import load_task
-from language_model import completion_logprobs, completion_mask, load_policy, pad_batch, solution_logprob_gap
+from loop.embedded_task import char_tokenizer, load_task, warm_start
+from loop.language_model import completion_logprobs, completion_mask, load_policy, pad_batch, solution_logprob_gap
 
 
 @given(st.lists(st.lists(st.integers(0, 4), min_size=1, max_size=10), min_size=1, max_size=5))

@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from embedded_task import char_tokenizer
+from benchmark.mc_advantage import agreement, mc_standard_errors, mc_token_advantages, prefix_values
 from grpo_baseline import GRPOConfig
-from language_model import generate, pad_batch
-from mc_advantage import agreement, mc_standard_errors, mc_token_advantages, prefix_values
+from loop.embedded_task import char_tokenizer
+from loop.language_model import generate, pad_batch
 
 CPU = torch.device("cpu")
 PROMPT = "Q:"       # every prompt: the rigged policy reads the response position off the attention mask

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from scipy import stats
 
-import paired_stats as ps
+from benchmark import paired_stats as ps
 
 
 def simulate(rng, W, S, icc, tails, effect=0.0):

@@ -12,8 +12,8 @@ import cepo
 import gcpo
 import gold
 import grpo_baseline as gb
-from data import DEFAULT_INSTRUCTION, extract_answer, prompt_ids, reward_fn
-from language_model import end_of_turn_id, generate, load_policy, collect_stop_ids
+from loop.data import DEFAULT_INSTRUCTION, extract_answer, prompt_ids, reward_fn
+from loop.language_model import end_of_turn_id, generate, load_policy, collect_stop_ids
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 IM_END, ENDOFTEXT = 151645, 151643  # Qwen2.5: the chat template's end of turn (= tokenizer EOS), and the pad/base EOS
@@ -157,8 +157,8 @@ def test_every_method_trains_a_real_vocabulary_model_on_real_gsm8k_rows(qwen_run
 def test_chunked_log_softmax_equals_the_full_one_on_a_152k_vocabulary(tie):
     """The large-vocabulary path (LM head and log-softmax over chunks of positions, logits
     recomputed in the backward) gives the full path's log-probs, entropies and gradients."""
-    from embedded_task import char_tokenizer
-    from language_model import LARGE_VOCAB, completion_logprobs, plain_lm_head
+    from loop.embedded_task import char_tokenizer
+    from loop.language_model import LARGE_VOCAB, completion_logprobs, plain_lm_head
     model = qwen(hidden=32, tie=tie)
     assert plain_lm_head(model) and len(char_tokenizer()) < LARGE_VOCAB  # the embedded model keeps the full path
     g = torch.Generator().manual_seed(0)

@@ -13,14 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import cepo
-import diagnostics
 import gcpo
 import gold
 import grpo_baseline as gb
-import language_model
-from data import DEFAULT_INSTRUCTION, answer_reward, prompt_ids
-from language_model import end_of_turn_id, generate, load_policy, resolve_model, stop_ids, unfinished
-from word_task import EXAMPLE, WORD_ROLES, credit_by_role, make_word_task, token_roles, word_problem
+from loop import diagnostics, language_model
+from loop.data import DEFAULT_INSTRUCTION, answer_reward, prompt_ids
+from loop.language_model import end_of_turn_id, generate, load_policy, resolve_model, stop_ids, unfinished
+from loop.word_task import EXAMPLE, WORD_ROLES, credit_by_role, make_word_task, token_roles, word_problem
 
 NAME = "smollm2-135m-instruct"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

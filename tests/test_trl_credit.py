@@ -22,17 +22,17 @@ from datasets import Dataset  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
-import diagnostics  # noqa: E402
+import gcpo  # noqa: E402
 import grpo_baseline as gb  # noqa: E402
 import train_trl  # noqa: E402
-import trl_credit  # noqa: E402
 from cepo import cepo_token_advantages, hint_ids, lambda_at, wrong_answer_hints  # noqa: E402
-from data import prompt_ids, reward_fn  # noqa: E402
-from embedded_task import warm_start  # noqa: E402
-import gcpo  # noqa: E402
 from gcpo import gcpo_token_advantages  # noqa: E402
 from gold import inject_gold  # noqa: E402
-from trl_credit import CEPOTrainer, GCPOTrainer, GoldTrainer, negative_messages  # noqa: E402
+from loop import diagnostics  # noqa: E402
+from loop.data import prompt_ids, reward_fn  # noqa: E402
+from loop.embedded_task import load_task, warm_start  # noqa: E402
+from trl_trainers import trl_credit  # noqa: E402
+from trl_trainers.trl_credit import CEPOTrainer, GCPOTrainer, GoldTrainer, negative_messages  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 G = 4
@@ -44,7 +44,7 @@ def warm(warm_cache):
     64 embedded rows as TRL reads them: the prompt (a string holding the chat template), the
     question in it, the answer and the reference solution."""
     cfg = gb.GRPOConfig(task="sum", cache_dir=warm_cache, warm_start_steps=250, eval_size=16)
-    rows, eval_rows = gb.load_task(cfg)
+    rows, eval_rows = load_task(cfg)
     path = warm_start(cfg, rows, eval_rows, torch.device("cpu"))
     tokenizer = AutoTokenizer.from_pretrained(path)
     dataset = Dataset.from_list([{"prompt": tokenizer.decode(prompt_ids(tokenizer, r["question"], "")), "question": r["question"],
@@ -547,9 +547,10 @@ def torchrun(*argv, processes=2):
 
 
 def documented_commands():
-    """Every train_trl.py command README.md and docs/trl.md print in a bash block: (page, argv)."""
+    """Every train_trl.py command README.md and the docs print in a bash block: (page, argv)."""
     commands = []
-    for page in ("README.md", os.path.join("docs", "trl.md")):
+    pages = ["README.md"] + [os.path.join("docs", f) for f in sorted(os.listdir(os.path.join(ROOT, "docs"))) if f.endswith(".md")]
+    for page in pages:
         with open(os.path.join(ROOT, page), encoding="utf-8") as f:
             blocks = re.findall(r"```bash\n(.*?)```", f.read(), re.S)
         for line in "\n".join(blocks).replace("\\\n", " ").splitlines():
@@ -610,7 +611,7 @@ def test_the_documented_python_block_runs_as_printed(warm, tmp_path, monkeypatch
 
 def test_every_documented_trainer_call_passes_reward_funcs():
     """TRL refuses a GRPOTrainer without a reward source: a call the docs print must have one."""
-    for page in ("README.md", os.path.join("docs", "trl.md"), "trl_credit.py"):
+    for page in (os.path.join("docs", "running.md"), os.path.join("docs", "trl.md"), os.path.join("trl_trainers", "trl_credit.py")):
         with open(os.path.join(ROOT, page), encoding="utf-8") as f:
             calls = re.findall(r"(?:GCPO|CEPO|Gold)Trainer\(model=[^)]*\)", f.read())  # up to its first ')'
         assert calls, page
@@ -737,7 +738,7 @@ def test_the_script_checks_its_output_dir_before_anything_loads(tmp_path):
 def test_the_script_replaces_an_old_run_only_once_the_new_one_is_built(tmp_path, monkeypatch):
     """--overwrite_output_dir: the old run's files are still there while the trainer is built (the
     model loads), and gone before it trains; files that are not a run's stay."""
-    from embedded_task import char_tokenizer
+    from loop.embedded_task import char_tokenizer
     tok = char_tokenizer()
     tok.save_pretrained(tmp_path / "m")
     (tmp_path / "m" / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": len(tok)}))
@@ -794,7 +795,7 @@ def test_the_script_checks_the_model_before_training(tmp_path, capsys):
     """A model directory without its weights, prompts that with --max_completion_length exceed the
     model's context, a tokenizer without EOS: one line each, before TRL loads anything."""
     from transformers import LlamaConfig, LlamaForCausalLM
-    from embedded_task import char_tokenizer
+    from loop.embedded_task import char_tokenizer
     tok = char_tokenizer()
     LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                  num_attention_heads=2, max_position_embeddings=64, pad_token_id=tok.pad_token_id,

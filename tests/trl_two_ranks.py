@@ -14,9 +14,9 @@ from datasets import load_from_disk  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from trl import GRPOConfig  # noqa: E402
 
-from data import reward_fn  # noqa: E402
+from loop.data import reward_fn  # noqa: E402
 from train_trl import close_process_group  # noqa: E402
-from trl_credit import CEPOTrainer, GoldTrainer  # noqa: E402
+from trl_trainers.trl_credit import CEPOTrainer, GoldTrainer  # noqa: E402
 
 RANK = int(os.environ["RANK"])
 PER_RANK, G = 6, 4  # 12 completions a step, 3 groups: group 1 is rows 4-5 on rank 0 and 6-7 on rank 1

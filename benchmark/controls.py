@@ -1,16 +1,16 @@
 """The benchmark's control arms: what says whether a credit method's result means anything, and
 what bounds it. Each is GRPO or GCPO with one seam changed, and runs like a method file:
 
-    python controls.py oracle          [options]  GRPO with all credit where the task's ground truth says
+    python -m benchmark.controls oracle          [options]  GRPO with all credit where the task's ground truth says
                                                   the reward was decided (a hard oracle, not a ceiling:
                                                   one token carries a whole response's credit)
-    python controls.py soft_oracle     [options]  the same tokens weighted 1 + β, the others 1 (--decided_weight)
-    python controls.py value_oracle    [options]  credit from the true token advantage A^π(s_t, y_t), exact
+    python -m benchmark.controls soft_oracle     [options]  the same tokens weighted 1 + β, the others 1 (--decided_weight)
+    python -m benchmark.controls value_oracle    [options]  credit from the true token advantage A^π(s_t, y_t), exact
                                                   along the worked chain: what a perfect critic would give
-    python controls.py shuffled_oracle [options]  the oracle's weights permuted within each response
-    python controls.py random          [options]  GCPO with its token weights shuffled within each
+    python -m benchmark.controls shuffled_oracle [options]  the oracle's weights permuted within each response
+    python -m benchmark.controls random          [options]  GCPO with its token weights shuffled within each
                                                   response: does GCPO's placement matter, or its spread?
-    python controls.py sft_gold        [options]  GRPO plus Gold's reference solutions as a supervised
+    python -m benchmark.controls sft_gold        [options]  GRPO plus Gold's reference solutions as a supervised
                                                   term: Gold's imitation without its contrast
 
 Every oracle keeps each response's credit at GRPO's size (its |Â| sums to |A_i| |o_i|) and needs
@@ -27,9 +27,9 @@ import torch
 import gcpo
 import gold
 import grpo_baseline as gb
-from embedded_task import CONFUSABLE_SHARE, END, chain_path, characters, free_tags, ground_truth, token_roles
-from language_model import completion_logprobs, pad_batch
-from options import OUTPUT_DIR_HELP, opt
+from loop.embedded_task import CONFUSABLE_SHARE, END, chain_path, characters, free_tags, ground_truth, token_roles
+from loop.language_model import completion_logprobs, pad_batch
+from loop.options import OUTPUT_DIR_HELP, opt
 
 
 def oracle_target(advantages, mask, first_wrong, contested):
@@ -229,6 +229,6 @@ ARMS = {"oracle": (OracleConfig, {**gb.METHOD, "credit": oracle_credit}),
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in ARMS:
-        sys.exit(f"usage: python controls.py {{{','.join(ARMS)}}} [options]  (--help after the arm lists them)")
+        sys.exit(f"usage: python -m benchmark.controls {{{','.join(ARMS)}}} [options]  (--help after the arm lists them)")
     config_cls, seams = ARMS[sys.argv[1]]
     gb.main(config_cls, sys.argv[2:], **seams)

@@ -31,10 +31,10 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from data import answer_reward, evaluate, extract_answer, load_rows
-from language_model import completion_logprobs, pad_batch
-from options import opt
-from word_task import make_word_task
+from loop.data import answer_reward, evaluate, extract_answer, load_rows
+from loop.language_model import completion_logprobs, pad_batch
+from loop.options import opt
+from loop.word_task import make_word_task
 
 
 @dataclass

@@ -26,7 +26,7 @@ import dataclasses
 
 import torch
 
-from language_model import generate, stop_ids
+from loop.language_model import generate, stop_ids
 
 
 @torch.no_grad()

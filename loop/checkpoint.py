@@ -20,7 +20,7 @@ import tempfile
 
 import torch
 
-from language_model import first_line
+from loop.language_model import first_line
 
 CHECKPOINT, METRICS, LOCK = "checkpoint.pt", "metrics.jsonl", ".lock"
 # options that may differ when a run is resumed (everything else must match the checkpoint)

@@ -1,9 +1,9 @@
 """Our GRPO step against TRL's GRPOTrainer, same process, same model, tokenizer, prompts and shapes;
 then the peak memory of each one's update pass with a real vocabulary.
 
-    python bench_trl.py            # also part of ./run.sh bench
-    python bench_trl.py --memory   # only the memory comparison
-    python bench_trl.py --real     # on SmolLM2-135M-Instruct and the words task, and its generation options
+    python -m benches.bench_trl            # also part of ./run.sh bench
+    python -m benches.bench_trl --memory   # only the memory comparison
+    python -m benches.bench_trl --real     # on SmolLM2-135M-Instruct and the words task, and its generation options
 
 A random 4-layer, 128-wide Llama (the embedded model's architecture, the same seed for both), the
 character tokenizer and the embedded task's prompts and reward; one PPO epoch, token-mean loss,
@@ -38,12 +38,14 @@ import time
 
 import torch
 
-import bench_memory
 import grpo_baseline as gb
-from data import check_answer, prompt_ids, resolve_instruction
-from embedded_task import char_tokenizer
-from language_model import PACKAGED_MODELS, completion_logprobs, first_line, load_policy, pad_batch, stop_ids
-from report import peak_memory_mb, phase_means, read_metrics, reset_peak_memory
+from benches import bench_memory
+from loop.data import check_answer, prompt_ids, resolve_instruction
+from loop.embedded_task import char_tokenizer, load_task
+from loop.language_model import PACKAGED_MODELS, completion_logprobs, first_line, load_policy, pad_batch, stop_ids
+from loop.report import peak_memory_mb, phase_means, read_metrics, reset_peak_memory
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where this runs itself, as a module
 
 SHAPES = ((8, 8, 32), (16, 8, 64), (16, 16, 64), (16, 16, 128))  # prompts, responses per prompt, new tokens
 
@@ -71,7 +73,7 @@ def ours(path, P, G, T, steps, out, **options):
 def task_prompts(tokenizer, cfg):
     """(rows, prompt texts) of cfg's task as our loop prompts them (template, instruction, worked
     example), decoded, so TRL tokenizes the same ids from a plain-text prompt column."""
-    rows, _ = gb.load_task(cfg)
+    rows, _ = load_task(cfg)
     instruction = resolve_instruction(cfg)
     return rows, [tokenizer.decode(prompt_ids(tokenizer, r["question"], instruction, r.get("example"))) for r in rows]
 
@@ -138,7 +140,7 @@ def update_peak_mb(side):
         from datasets import Dataset
         from transformers import AutoTokenizer
         from trl import GRPOConfig, GRPOTrainer
-        tokenizer = AutoTokenizer.from_pretrained(os.path.join(os.path.dirname(os.path.abspath(__file__)), "tests", "fixtures",
+        tokenizer = AutoTokenizer.from_pretrained(os.path.join(ROOT, "tests", "fixtures",
                                                                "qwen2.5-tokenizer"))
         with tempfile.TemporaryDirectory() as out:
             trainer = GRPOTrainer(model=model, reward_funcs=[lambda completions, **kw: [0.0] * len(completions)],
@@ -164,8 +166,8 @@ def memory():
     print(f"\nupdate pass, peak memory: random 10 M-parameter Qwen2, {bench_memory.VOCAB:,}-token vocabulary, "
           f"{bench_memory.N} x {bench_memory.LENGTH} tokens in one micro-batch")
     print("| ours MB | TRL MB | ours / TRL |\n|---|---|---|")
-    peaks = [json.loads(subprocess.run([sys.executable, __file__, "--memory", side], capture_output=True, text=True,
-                                       check=True).stdout.strip().splitlines()[-1]) for side in ("ours", "trl")]
+    peaks = [json.loads(subprocess.run([sys.executable, "-m", "benches.bench_trl", "--memory", side], capture_output=True,
+                                       text=True, check=True, cwd=ROOT).stdout.strip().splitlines()[-1]) for side in ("ours", "trl")]
     print(f"| {peaks[0]:.0f} | {peaks[1]:.0f} | {peaks[0] / peaks[1]:.2f} |", flush=True)
 
 
@@ -203,8 +205,8 @@ def real(steps=2):
     print("| prompts x responses x tokens | ours s/step (generate / update) | TRL s/step (generate) | ours / TRL | "
           "ours peak MB | TRL peak MB |\n|---|---|---|---|---|---|")
     for P, G, T in REAL_SHAPES:
-        runs = [json.loads(subprocess.run([sys.executable, __file__, "--real-run", side, str(P), str(G), str(T), str(steps)],
-                                          capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+        runs = [json.loads(subprocess.run([sys.executable, "-m", "benches.bench_trl", "--real-run", side, str(P), str(G), str(T),
+                                           str(steps)], capture_output=True, text=True, check=True, cwd=ROOT).stdout.strip().splitlines()[-1])
                 for side in ("ours", "trl")]
         (total, phases, ours_mb), (theirs, their_generate, trl_mb) = runs
         print(f"| {P} x {G} x {T} | {total:.1f} ({phases['t_generate']:.1f} / {phases['t_update']:.1f}) | {theirs:.1f} "
@@ -228,7 +230,7 @@ def generation_options(name, n=16, T=48):
     from transformers import GenerationConfig
     cfg = gb.GRPOConfig(model=name)
     model, tokenizer = load_policy(name, cfg, torch.device("cpu"))
-    rows, _ = gb.load_task(cfg)
+    rows, _ = load_task(cfg)
     prompts = [prompt_ids(tokenizer, r["question"], resolve_instruction(cfg), r.get("example")) for r in rows[:n]]
     ids, mask, _, _ = pad_batch(prompts, [[]] * n, tokenizer.pad_token_id, torch.device("cpu"))
     threads = torch.get_num_threads()

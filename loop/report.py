@@ -59,12 +59,20 @@ def credit_examples(batch, token_adv, tokenizer, k=6, per_group=2):
         taken[group] = taken.get(group, 0) + 1
         n = int(batch.completion_mask[i].sum())
         examples.append({"question": batch.rows[i]["question"], "answer": batch.rows[i]["answer"],
-                         "note": batch.notes[i] if batch.notes else "", "advantage": a,
+                         "note": scored_under(batch, i, tokenizer), "advantage": a,
                          "tokens": [tokenizer.decode([t]) for t in batch.completion_ids[i, :n].tolist()],
                          "multipliers": (token_adv[i, :n] / a).tolist()})
         if len(examples) == k:
             break
     return examples
+
+
+def scored_under(batch, i, tokenizer):
+    """The picture's note: what the credit scored response i under (a negative prompt, the hints),
+    token ids decoded; '' for a credit that reads only the response."""
+    under = (batch.scored_under or [{}] * (i + 1))[i]
+    return ", ".join(f"{k}: " + (repr(tokenizer.decode(v, skip_special_tokens=True)) if isinstance(v, list) else f"{v}")
+                     for k, v in under.items())
 
 
 def credit_colour(multiplier):

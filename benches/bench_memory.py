@@ -1,6 +1,6 @@
 """Peak memory of scoring and of the update with a real vocabulary, with and without chunking.
 
-    python bench_memory.py      # also part of ./run.sh bench
+    python -m benches.bench_memory      # also part of ./run.sh bench
 
 A random 10 M-parameter Qwen2ForCausalLM with Qwen2.5's 151,936-token vocabulary (built from a
 config: no download), 8 responses of 300 tokens in one micro-batch. Each case runs in its own
@@ -9,19 +9,22 @@ table gives the peak above the process's memory after loading, as a multiple of 
 logits tensor of the micro-batch (8 x 301 x 151,936 x 4 bytes = 1.46 GB).
 """
 import json
+import os
 import subprocess
 import sys
 
 import torch
 
-from language_model import completion_logprobs
-from report import peak_memory_mb, reset_peak_memory
+from loop.language_model import completion_logprobs
+from loop.report import peak_memory_mb, reset_peak_memory
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where this runs itself, as a module
 
 N, PROMPT, LENGTH, VOCAB = 8, 20, 300, 151936
 
 
 def random_qwen(device):
-    """The benchmark's model: a random 10 M-parameter Qwen2 with Qwen2.5's vocabulary (bench_trl.py's too)."""
+    """The benchmark's model: a random 10 M-parameter Qwen2 with Qwen2.5's vocabulary (benches/bench_trl.py's too)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
     torch.manual_seed(0)
     return Qwen2ForCausalLM(Qwen2Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
@@ -53,7 +56,8 @@ def main():
     for phase in ("score", "update"):
         cells = []
         for chunked in (False, True):
-            out = subprocess.run([sys.executable, __file__, phase, str(chunked)], capture_output=True, text=True, check=True)
+            out = subprocess.run([sys.executable, "-m", "benches.bench_memory", phase, str(chunked)], capture_output=True, text=True,
+                                 check=True, cwd=ROOT)
             mb = json.loads(out.stdout.strip().splitlines()[-1])
             cells.append(f"{mb:.0f} ({mb / logits_mb:.2f}x)")
         print(f"| {phase} | {cells[0]} | {cells[1]} |", flush=True)

@@ -21,8 +21,8 @@ from fractions import Fraction
 
 import torch
 
-from language_model import first_line, generate
-from options import opt
+from loop.language_model import first_line, generate
+from loop.options import opt
 
 DEFAULT_INSTRUCTION = " Let's think step by step and output the final answer after \"####\"."
 

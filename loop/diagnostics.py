@@ -9,11 +9,11 @@ from fractions import Fraction
 
 import torch
 
-from data import EXACT_DIGITS, prompt_ids, resolve_instruction
-from embedded_task import CONFUSABLE_SHARE, credit_ground_truth, ground_truth
-from language_model import solution_logprob_gap, stop_ids, unfinished
-from report import peak_memory_mb
-from word_task import WORD_ROLES, credit_by_role, token_roles
+from loop.data import EXACT_DIGITS, prompt_ids, resolve_instruction
+from loop.embedded_task import CONFUSABLE_SHARE, credit_ground_truth, ground_truth
+from loop.language_model import solution_logprob_gap, stop_ids, unfinished
+from loop.report import peak_memory_mb
+from loop.word_task import WORD_ROLES, credit_by_role, token_roles
 
 TOP_SHARE = 0.4  # weight_top40_share: the share of a response's weight on its top 40% of tokens
 HINT_CHECK_ROWS = 64  # held-out solutions CEPO's preflight scores

@@ -2,7 +2,7 @@
 
     from trl import GRPOConfig
     from train_trl import correct
-    from trl_credit import CEPOTrainer
+    from trl_trainers.trl_credit import CEPOTrainer
     trainer = CEPOTrainer(model="Qwen/Qwen2.5-0.5B-Instruct", reward_funcs=[correct], args=GRPOConfig(...),
                           train_dataset=dataset, lambda_init=0.5)   # + the method's options, our names and defaults
     trainer.train()                                               # accelerate launch / DeepSpeed / vLLM as usual
@@ -41,9 +41,9 @@ from trl.trainer.utils import get_callable_name, pad
 
 import grpo_baseline as gb
 from cepo import CEPOConfig, cepo_token_advantages, hint_ids, lambda_at, wrong_answer_hints
-from diagnostics import weight_diagnostics
 from gcpo import GCPOConfig, divergence, gcpo_token_advantages, negative_text
 from gold import GoldConfig, inject_gold, reference_response
+from loop.diagnostics import weight_diagnostics
 
 # The GRPOTrainer methods these subclasses call or override; tests/test_trl_credit.py pins them.
 TRL_METHODS = ("_generate", "_generate_and_score_completions", "_calculate_rewards", "_tokenize_prompts",
