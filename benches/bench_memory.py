@@ -66,5 +66,9 @@ def main():
 if __name__ == "__main__":
     if len(sys.argv) == 3:
         print(json.dumps(measure(sys.argv[1], sys.argv[2] == "True")))
+    elif sys.argv[1:] in (["-h"], ["--help"]):
+        print(__doc__)
+    elif sys.argv[1:]:
+        sys.exit(f"error: {' '.join(sys.argv[1:])}: not an option; python -m benches.bench_memory takes none")
     else:
         main()

@@ -278,5 +278,9 @@ if __name__ == "__main__":
         print(json.dumps(update_peak_mb(sys.argv[2])))
     elif sys.argv[1:] == ["--memory"]:
         memory()
+    elif sys.argv[1:] in (["-h"], ["--help"]):
+        print(__doc__)
+    elif sys.argv[1:]:  # before minutes of timing, not after
+        sys.exit(f"error: {' '.join(sys.argv[1:])}: not an option; python -m benches.bench_trl [--memory | --real | --help]")
     else:
         main()

@@ -174,3 +174,14 @@ def test_run_sh_runs_a_method_file_as_the_readme_prints_it():
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "--weight_norm" in out.stdout
+
+
+@pytest.mark.parametrize("bench, argv, code, says", [
+    ("bench_trl", ["--help"], 0, "python -m benches.bench_trl --real"),
+    ("bench_trl", ["--rael"], 1, "error: --rael: not an option"),
+    ("bench_memory", ["--help"], 0, "python -m benches.bench_memory"),
+    ("bench_memory", ["--full"], 1, "error: --full: not an option")])
+def test_a_bench_answers_help_and_a_typo_at_once_instead_of_starting_to_time(bench, argv, code, says):
+    out = subprocess.run([sys.executable, "-m", f"benches.{bench}", *argv], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == code and says in out.stdout + out.stderr
