@@ -31,11 +31,11 @@ from dataclasses import dataclass
 
 import torch
 
-from loop import job
 from loop.data import DataOptions, finite_rewards
 from loop.diagnostics import step_metrics
 from loop.dynamic_sampling import resample_informative
 from loop.embedded_task import TaskOptions, task_reward
+from loop.job import run_job
 from loop.language_model import completion_logprobs, generate, pad_batch
 from loop.options import OUTPUT_DIR_HELP, check_options, opt, parse_config
 
@@ -253,6 +253,8 @@ def update(model, optimizer, batch, token_adv, cfg, loss_fn=grpo_loss, recredit=
     # default) pi_old is the policy as it stands, and this update's own pass, detached, is log pi_old
     # (ratio 1): one pass fewer, as TRL.
     own_pass = batch.old_logp is None
+    if own_pass and cfg.num_iterations * cfg.num_mini_batches > 1:  # after the first step the policy has moved
+        raise ValueError("score log pi_old (score_pi_old) before an update of several optimizer steps")
     own_logp, own_entropy = [], []  # with own_pass: log pi_old and the entropy from this pass, for the metrics
     logs, skipped, first = [], 0, True
     for _ in range(cfg.num_iterations):
@@ -308,7 +310,8 @@ def update(model, optimizer, batch, token_adv, cfg, loss_fn=grpo_loss, recredit=
 def grpo_step(job, rows, prompts, more_prompts, step, cfg, credit=grpo_credit, loss_fn=grpo_loss, edit_rollouts=None,
               recredit=None, reads_pi_old=lambda cfg: False):
     """One RL step on this step's prompts -> (metrics, batch, Â). job: the model, optimizer,
-    reference model, tokenizer and device (loop.job.Job); more_prompts(round): dynamic sampling's."""
+    reference model, tokenizer and device (loop.job.Job); more_prompts(round): dynamic sampling's.
+    update() leaves log pi_old and the entropy in the batch, which step_metrics reads."""
     model, tokenizer = job.model, job.tokenizer
     batch, times, stats = rollout(model, tokenizer, rows, prompts, cfg, job.device, job.ref_model, edit_rollouts,  # seam 2
                                   more_prompts)
@@ -331,9 +334,9 @@ def train(cfg, credit=grpo_credit, loss_fn=grpo_loss, edit_rollouts=None, recred
     """Run RL with the given seams (a method file's METHOD); returns the run's summary. Seam 0,
     contexts(tokenizer, rows, prompts, cfg) -> (name, one token-id list per row); seam 1,
     preflight(model, tokenizer, eval_rows, cfg) -> metrics for the step-0 record; both run by the job."""
-    step = functools.partial(grpo_step, cfg=cfg, credit=credit, loss_fn=loss_fn, edit_rollouts=edit_rollouts,
-                             recredit=recredit, reads_pi_old=reads_pi_old)
-    return job.run(cfg, step, preflight, contexts)
+    one_step = functools.partial(grpo_step, cfg=cfg, credit=credit, loss_fn=loss_fn, edit_rollouts=edit_rollouts,
+                                 recredit=recredit, reads_pi_old=reads_pi_old)
+    return run_job(cfg, one_step, preflight, contexts)
 
 
 def main(config_cls=GRPOConfig, argv=None, **method):

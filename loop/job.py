@@ -36,7 +36,7 @@ def step_prompts(step, batch_size, n, seed):
     return out
 
 
-def run(cfg, one_step, preflight=None, contexts=None):
+def run_job(cfg, one_step, preflight=None, contexts=None):
     """Train cfg.max_steps steps of one_step(job, rows, prompts, more_prompts, step) -> (metrics,
     batch, Â), in cfg.output_dir (locked; with --resume, from its last checkpoint); returns the
     run's summary. contexts and preflight: seams 0 and 1 (grpo_baseline.train)."""
@@ -46,7 +46,7 @@ def run(cfg, one_step, preflight=None, contexts=None):
 
 
 def run_in(run, cfg, device, one_step, preflight, contexts):
-    """run's body, in the run directory open_run prepared."""
+    """run_job's body, in the run directory open_run prepared."""
     train_rows, eval_rows = load_task(cfg)
     if cfg.dataset and not cfg.model:
         raise ValueError(f"--dataset {cfg.dataset} needs --model: the embedded model knows only the embedded task")

@@ -375,3 +375,12 @@ def test_a_truncated_weights_file_is_one_line(tmp_path):
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(ValueError, match=f"--model {path}: cannot load a tokenizer and causal LM from it"):
         load_policy(path, gb.GRPOConfig(), torch.device("cpu"))
+
+
+def test_an_update_of_several_optimizer_steps_refuses_to_take_log_pi_old_from_its_own_pass():
+    """The own pass is log pi_old only before the policy moves: with several optimizer steps and
+    nothing scored, every ratio would be 1 and the clip would never act."""
+    from types import SimpleNamespace
+    batch = SimpleNamespace(rows=[{}] * 4, old_logp=None)
+    with pytest.raises(ValueError, match="score log pi_old"):
+        gb.update(None, None, batch, None, gb.GRPOConfig(num_mini_batches=2, prompts_per_step=2, num_generations=2))
