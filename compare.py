@@ -543,7 +543,7 @@ def ceiling_report(grid, pilots, arms, sweeps, histories):
     chosen options and its pilots' AUC, the best oracle over GRPO, and the chain-length sweep, whose
     default length is the confirmatory runs (histories) of its warm starts."""
     chosen = choose(grid, pilots)
-    best = max((a for a in CEILING["oracles"] if a in arms), key=lambda a: arms[a]["auc_diff_vs_grpo"])
+    best = best_oracle(arms)
     default = {a: {(w, s): h for (w, s), h in histories[a].items() if w in CEILING["sweep_warm_starts"]} for a in ("grpo", best)}
     sweep, trend = operand_sweep({**sweeps, gb.GRPOConfig.task_operands: default}, best)
     text = ["", f"Options chosen on the pilot warm starts {CEILING['pilot_warm_starts']} (mean pilot AUC of each):", "",
@@ -564,6 +564,16 @@ def ceiling_report(grid, pilots, arms, sweeps, histories):
             "\n".join(text) + "\n")
 
 
+def best_oracle(arms):
+    """The ceiling candidate (CEILING["oracles"]) among the arms with the highest AUC over GRPO's."""
+    return max((a for a in CEILING["oracles"] if a in arms), key=lambda a: arms[a]["auc_diff_vs_grpo"])
+
+
+def read_histories(runs):
+    """{label: {(warm start, seed): per-step metrics}} of run_all's {label: [(w, s, dir)]}."""
+    return {a: {(w, s): read_metrics(out) for w, s, out in rs} for a, rs in runs.items()}
+
+
 def run_ceiling(arms, warm_starts, seeds, runs_dir, jobs, budget):
     """The ceiling study's runs, in order: pilots, the confirmatory runs at each arm's chosen options,
     then the chain-length sweep (GRPO and the best oracle, each at its options). Every phase resumes.
@@ -571,17 +581,16 @@ def run_ceiling(arms, warm_starts, seeds, runs_dir, jobs, budget):
     grid = pilot_grid(arms)
     _, pilot_runs = run_all(list(grid), CEILING["pilot_warm_starts"], seeds, os.path.join(runs_dir, "pilot"), jobs, budget,
                             variants=grid)
-    pilots = {label: {(w, s): read_metrics(out) for w, s, out in rs} for label, rs in pilot_runs.items()}
+    pilots = read_histories(pilot_runs)
     chosen = choose(grid, pilots)
     variants = {a: (a, chosen[a]["options"]) for a in arms}
     checks, runs = run_all(arms, warm_starts, seeds, runs_dir, jobs, budget, variants=variants)
-    arms_now = aggregate({a: {(w, s): read_metrics(out) for w, s, out in rs} for a, rs in runs.items()})
-    best = max((a for a in CEILING["oracles"] if a in arms), key=lambda a: arms_now[a]["auc_diff_vs_grpo"])
+    best = best_oracle(aggregate(read_histories(runs)))
     sweeps = {}
     for k in CEILING["operands"]:
         _, sweep_runs = run_all(["grpo", best], CEILING["sweep_warm_starts"], seeds, os.path.join(runs_dir, f"operands{k}"),
                                 jobs, {**budget, "task_operands": k}, variants=variants)
-        sweeps[k] = {a: {(w, s): read_metrics(out) for w, s, out in rs} for a, rs in sweep_runs.items()}
+        sweeps[k] = read_histories(sweep_runs)
     return checks, runs, pilots, grid, sweeps
 
 
@@ -922,7 +931,7 @@ def main():
         checks, runs, pilots, grid, sweeps = run_ceiling(arms, warm_starts, seeds, runs_dir, jobs, budget)
     else:
         checks, runs = run_all(arms, warm_starts, seeds, runs_dir, jobs, budget, threads=os.cpu_count() if preset == "real" else 1)
-    histories = {a: {(w, s): read_metrics(out) for w, s, out in rs} for a, rs in runs.items()}
+    histories = read_histories(runs)
     summary = aggregate(histories)
     device = torch.device("cpu")
     mc, value_check = {}, None
