@@ -1,27 +1,14 @@
-"""CEPO: Contrastive Evidence Policy Optimization (arXiv 2605.19436). Docs: docs/cepo.md.
+"""CEPO: Contrastive Evidence Policy Optimization (arXiv 2605.19436), explained in docs/cepo.md.
 
-Self-distillation with two teachers, both the current policy under no grad, scoring the sampled
-response with a hint placed between prompt and response: the correct final answer r+, and the
-final answer of a rejected rollout of the same group r-. Tokens the correct-answer teacher likes
-more than the wrong-answer teacher carry the evidence for the right answer; they get a little more
-of a positive advantage (and a little less of a negative one). As a diff against grpo_baseline.py
-it replaces the token credit, and adds a preflight that checks the model reads the hints.
-
-What a teacher reads, exactly (prompt x, hint, then the student's own response y):
-  embedded task   '7+0+7+8\n' + 'Answer: #### 22\n' + y        r- = 21: 'Answer: #### 21\n'
-  chat model      x through its chat template, ending '<|im_start|>assistant\n', + ' 72' + y
-                  (the bare answer, tokenized alone, as the reference; --hint_template changes it)
+As a diff against grpo_baseline.py: a new token credit, and a preflight that checks the model
+reads the hints. Two teachers, the current policy under no grad, score the sampled response y with
+a hint between prompt x and y: the correct final answer r+, or r-, the final answer of a rejected
+rollout of the same group (`--teacher rlsd`: P- is the student's own pi_old, arXiv 2604.03128).
 
   (2.1) Δ_t = sg(log P+_t - log P-_t),  P±_t = pi(y_t | x, hint(r±), y_<t)
   (2.2) w_t = clip(exp(sign(A_i) Δ_t), 1 - eps_w, 1 + eps_w)
-  (2.3) Â_{i,t} = A_i ((1 - λ) + λ w_t) m_{i,t}     (computed as A_i (1 + λ (w_t - 1)), equal, and
-        exactly A_i where w_t = 1)
-  (2.4) λ_s = λ0 max(0, 1 - (s - 1) / W) at RL step s = 1, 2, ...; at λ = 0 the teachers are skipped
-
-Â keeps the sign of A_i and stays within (1 ± λ eps_w)|A_i|: the teachers re-weight, never
-reverse. The hints enter only as the stop-gradient Δ, so the gradient is the student's,
-sum Â ∇ log pi(y_t | x, y_<t), with no hint in its context. docs/cepo.md lists the departures
-from the reference code. `--teacher rlsd` replaces P- by the student's own pi_old (RLSD, arXiv 2604.03128).
+  (2.3) Â_{i,t} = A_i ((1 - λ) + λ w_t) m_{i,t}, computed as A_i (1 + λ (w_t - 1)): exactly A_i where w_t = 1
+  (2.4) λ_s = λ0 max(0, 1 - (s - 1) / W) at RL step s = 1, 2, ...
 """
 import functools
 from dataclasses import dataclass
@@ -66,94 +53,92 @@ class CEPOConfig(gb.GRPOConfig):
 
 
 def lambda_at(step, cfg):
-    """(2.4) λ at RL step `step` (1-based)."""
+    """λ at RL step `step`, counted from 1."""
     if cfg.lambda_schedule == "constant":
         return cfg.lambda_init
     return cfg.lambda_init * max(0.0, 1 - (step - 1) / cfg.lambda_decay_steps)  # (2.4)
 
 
 def cepo_token_advantages(adv, logp_pos, logp_neg, mask, lam, eps_w):
-    """(2.1)-(2.3). adv (N,) the GRPO advantages; logp_pos, logp_neg, mask (N, L) -> Â (N, L)."""
+    """Â (N, L) from the GRPO advantages adv (N,) and logp_pos, logp_neg, mask (N, L)."""
     delta = (logp_pos - logp_neg).detach()  # (2.1)
     w = torch.clamp(torch.exp(torch.sign(adv)[:, None] * delta), 1 - eps_w, 1 + eps_w)  # (2.2)
     return torch.where(mask > 0, adv[:, None] * (1 + lam * (w - 1)), 0.0)  # (2.3)
 
 
 def wrong_answer_hints(texts, rewards, group_size):
-    """r- for each group (one per group, shared by its members): the final answer of its
-    lowest-reward rejected rollout (reward < 1), skipping rollouts with no parsable answer; None
-    when no rejected rollout has one (then r- = r+). texts, rewards (N,) -> list of N/G."""
-    hints = []
+    """r- of each group: the first parsable final answer among its rejected rollouts (reward < 1),
+    lowest reward first; None if there is none. texts, rewards (N,) -> N/G answers."""
+    r_minus = []
     for g in range(0, len(texts), group_size):
         rejected = sorted((r, i) for i, r in enumerate(rewards[g:g + group_size].tolist()) if r < 1)
         answers = (extract_answer(texts[g + i]) for _, i in rejected)
-        hints.append(next((a for a in answers if a is not None), None))
-    return hints
+        r_minus.append(next((a for a in answers if a is not None), None))
+    return r_minus
 
 
 def hint_ids(tokenizer, answer, cfg):
-    """Token ids of the hint for `answer`, tokenized raw: it goes after the templated prompt,
-    inside the assistant turn, where the reference puts it."""
+    """Token ids of the hint for `answer`, tokenized alone (no special tokens): it follows the
+    templated prompt, inside the assistant turn."""
     template = cfg.hint_template if cfg.hint_template is not None else (REFERENCE_HINT if cfg.model else ANSWER_HINT)
     return tokenizer(template.replace("{answer}", answer), add_special_tokens=False).input_ids
 
 
 def teacher_logprobs(model, tokenizer, contexts, completion_ids, completion_mask, cfg):
-    """log pi(y_t | context, y_<t) for each (context, response) pair in one no-grad, micro-batched
-    pass. contexts: token-id lists, prompt ⊕ hint; the response tokens are the student's own,
-    so the teacher's log-probs align with the student's token for token."""
+    """log pi(y_t | context, y_<t) of each (context, response) pair, no grad, micro-batched;
+    contexts: token-id lists, prompt ⊕ hint."""
     ids, mask, _, _ = pad_batch(contexts, [[]] * len(contexts), tokenizer.pad_token_id, completion_ids.device)
     return completion_logprobs(model, ids, mask, completion_ids, completion_mask, cfg.temperature,
                                cfg.micro_batch_size)[0]
 
 
 def cepo_credit(batch, model, tokenizer, cfg, step):
-    """The credit seam. Teachers score only the responses where they can change anything: A != 0
-    and r- != r+ (elsewhere Δ = 0 or A = 0, and Â is GRPO's). Both teachers go in one call."""
+    """The credit seam. Teachers score only the responses they can change: A != 0, in a group with an r-."""
     lam = lambda_at(step, cfg)
     token_adv = gb.grpo_token_advantages(batch.advantages, batch.completion_mask)
     G = batch.group_size
     rlsd = cfg.teacher == "rlsd"
-    r_minus = None if rlsd else wrong_answer_hints(batch.texts, batch.rewards, G)  # one per group
-    hint = functools.lru_cache(maxsize=None)(lambda answer: hint_ids(tokenizer, answer, cfg))  # tokenized once each
+    r_minus = None if rlsd else wrong_answer_hints(batch.texts, batch.rewards, G)
+    hint_of = functools.lru_cache(maxsize=None)(lambda answer: hint_ids(tokenizer, answer, cfg))  # tokenized once each
     room = model_context(model.config)
     if lam and room and not rlsd:  # r+'s context was checked at the start (seam 0); a sampled r- can be any length
-        r_minus = [a if a is None or len(batch.prompts[g * G]) + len(hint(a)) + batch.completion_ids.shape[1] <= room
+        r_minus = [a if a is None or len(batch.prompts[g * G]) + len(hint_of(a)) + batch.completion_ids.shape[1] <= room
                    else None for g, a in enumerate(r_minus)]  # one that does not fit: no r-, GRPO's credit
     batch.scored_under = [{"r+": batch.rows[i]["answer"], "r-": "the student (RLSD)" if rlsd else str(r_minus[i // G])}
                           for i in range(len(batch.rows))]
-    live = [i for i in range(len(batch.rows)) if batch.advantages[i] != 0 and (rlsd or r_minus[i // G] is not None)]
-    if lam == 0 or not live:  # (2.4): no teacher pass at all
+    scored = [i for i in range(len(batch.rows)) if batch.advantages[i] != 0 and (rlsd or r_minus[i // G] is not None)]
+    if lam == 0 or not scored:  # (2.4): no teacher pass at all
         return token_adv, {"lambda": lam}
-    contexts = [batch.prompts[i] + hint(batch.rows[i]["answer"]) for i in live]  # P+
+    contexts = [batch.prompts[i] + hint_of(batch.rows[i]["answer"]) for i in scored]  # P+
     if not rlsd:
-        contexts += [batch.prompts[i] + hint(r_minus[i // G]) for i in live]  # P-, in the same pass
-    scored_idx = torch.tensor(live, device=token_adv.device)
-    completion_ids, mask = batch.completion_ids[scored_idx], batch.completion_mask[scored_idx]
-    teachers = 1 if rlsd else 2  # P+ rows, then P- rows, in one pass
-    scored = teacher_logprobs(model, tokenizer, contexts, completion_ids.repeat(teachers, 1), mask.repeat(teachers, 1), cfg)
-    logp_pos = scored[:len(live)]
-    logp_neg = batch.old_logp[scored_idx] if rlsd else scored[len(live):]  # RLSD: the student itself
-    adv = batch.advantages[scored_idx]
-    token_adv[scored_idx] = cepo_token_advantages(adv, logp_pos, logp_neg, mask, lam, cfg.epsilon_w)
-    return token_adv, diagnostics.evidence_diagnostics(adv, logp_pos - logp_neg, mask, token_adv[scored_idx], lam, cfg.epsilon_w)
+        contexts += [batch.prompts[i] + hint_of(r_minus[i // G]) for i in scored]  # P-, in the same pass
+    idx = torch.tensor(scored, device=token_adv.device)
+    completion_ids, mask = batch.completion_ids[idx], batch.completion_mask[idx]
+    n_teachers = 1 if rlsd else 2
+    teacher_logp = teacher_logprobs(model, tokenizer, contexts, completion_ids.repeat(n_teachers, 1),
+                                    mask.repeat(n_teachers, 1), cfg)
+    logp_pos = teacher_logp[:len(scored)]
+    logp_neg = batch.old_logp[idx] if rlsd else teacher_logp[len(scored):]  # RLSD: the student itself
+    adv = batch.advantages[idx]
+    token_adv[idx] = cepo_token_advantages(adv, logp_pos, logp_neg, mask, lam, cfg.epsilon_w)
+    return token_adv, diagnostics.evidence_diagnostics(adv, logp_pos - logp_neg, mask, token_adv[idx], lam, cfg.epsilon_w)
 
 
-def hint_check(model, tokenizer, eval_rows, cfg):
-    """The preflight seam: before step 1, does the model read the hints? (diagnostics.hint_check)"""
+def hint_preflight(model, tokenizer, eval_rows, cfg):
+    """The preflight seam: does the model read the hints? (diagnostics.hint_check)"""
     return diagnostics.hint_check(model, tokenizer, eval_rows, cfg, hint_ids)
 
 
 def hinted_prompts(tokenizer, rows, prompts, cfg):
-    """The contexts seam: each row's prompt + the longer of its correct-answer hint and the hint
-    check's wrong one (diagnostics.wrong_hint), each checked with a response against the model's context."""
+    """The contexts seam: each prompt + the longer of its right and its hint check's wrong hint
+    (diagnostics.wrong_hint), for the job's check that these fit the model's context."""
     hints = ((hint_ids(tokenizer, r["answer"], cfg), hint_ids(tokenizer, diagnostics.wrong_hint(r["answer"]), cfg))
              for r in rows)
     return "CEPO's prompt + answer hint (--hint_template)", [p + max(h, key=len) for p, h in zip(prompts, hints)]
 
 
-# the seams it replaces: the credit, and a preflight; the credit reads pi_old only as RLSD's P-
-METHOD = {"credit": cepo_credit, "loss_fn": gb.grpo_loss, "preflight": hint_check,
+# the credit reads pi_old only as RLSD's P-
+METHOD = {"credit": cepo_credit, "loss_fn": gb.grpo_loss, "preflight": hint_preflight,
           "reads_pi_old": lambda cfg: cfg.teacher == "rlsd", "contexts": hinted_prompts}
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ from loop.checkpoint import make_dir
 from loop.data import evaluate, prompt_ids, resolve_instruction
 from loop.embedded_task import ROLE_NAMES, load_task, warm_start
 from loop.language_model import first_line, load_policy
+from loop.options import parse_config
 from loop.report import PHASES, credit_examples, phase_means, plot_curves, read_metrics, render_credit_html, render_credit_png
 from loop.word_task import WORD_ROLES
 
@@ -144,7 +145,7 @@ def check_warm_start(cfg, out):
         checks["hint_contrast_nats"] = diagnostics.hint_contrast(model, tokenizer, rows, cepo_cfg, cepo.hint_ids)[0]
         for n, gcpo_cfg in negatives.items():
             checks[f"negative_contrast_{n}"] = diagnostics.negative_contrast(model, tokenizer, rows, gcpo_cfg,
-                                                                               gcpo.negative_prompt)
+                                                                               gcpo.negative_prompt_ids)
     else:  # the same gaps, each from one per-token pass that also says where it acts, by token role (word_task.WORD_ROLES)
         prompts = [prompt_ids(tokenizer, r["question"], resolve_instruction(cfg), r.get("example")) for r in rows]
         gaps, checks["hint_contrast_by_role"] = diagnostics.contrast_by_role(  # diagnostics.hint_contrast's contexts
@@ -153,7 +154,7 @@ def check_warm_start(cfg, out):
         checks["hint_contrast_nats"], checks["hint_contrast_wins"] = gaps.mean().item(), (gaps > 0).float().mean().item()
         for n, gcpo_cfg in negatives.items():  # diagnostics.negative_contrast's contexts
             gaps, checks[f"negative_contrast_by_role_{n}"] = diagnostics.contrast_by_role(
-                model, tokenizer, rows, prompts, [gcpo.negative_prompt(tokenizer, r, gcpo_cfg) for r in rows], cfg)
+                model, tokenizer, rows, prompts, [gcpo.negative_prompt_ids(tokenizer, r, gcpo_cfg) for r in rows], cfg)
             checks[f"negative_contrast_{n}"] = gaps.mean().item()
     checks["failed_checks"] = [k for k, threshold in CHECKS.items() if not checks[k] > threshold]
     with open(os.path.join(out, "checks.json"), "w") as f:
@@ -881,7 +882,7 @@ def main():
     parser.add_argument("--check_warm_start", action="store_true", help=argparse.SUPPRESS)  # run_all's warm-start jobs
     args, rest = parser.parse_known_args()
     if args.check_warm_start:
-        cfg = gb.parse_config(gb.GRPOConfig, rest)
+        cfg = parse_config(gb.GRPOConfig, rest)
         return check_warm_start(cfg, cfg.output_dir)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")

@@ -1,26 +1,15 @@
 """GCPO: Guidance Contrastive Policy Optimization (Shufan Li et al., 2026, arXiv 2605.29198).
 
-The tokens that matter are the ones whose probability depends on the guidance in the prompt:
-each sampled token is scored under the real prompt x and under a negative prompt x-, and the
-tokens where the two disagree most get most of the response's advantage. As a diff against
-grpo_baseline.py it replaces the credit (and `recredit`), and adds an optional entropy term to
-the loss. Docs: docs/gcpo.md.
+Credit goes to the tokens whose probability depends on the prompt's guidance: each sampled token
+is scored under the prompt x and a negative prompt x-, and the response's advantage moves onto the
+tokens where the two disagree most. Against grpo_baseline.py it replaces the credit (and
+`recredit`) and adds an optional entropy term to the loss. Docs: docs/gcpo.md.
 
-x and x-, exactly as the model reads them:
-  embedded task   x  '7+0+7+8\n'
-                  x- '7+0+7+8 Give a wrong answer.\n'    (--negative empty_prompt: '?+?+?+?\n')
-  chat model      x- is x's user turn + '\n\nNote: Intentionally generate an incorrect answer.'
-                  (empty_prompt: 'Answer the question.' for the question), same chat template
-
-  (1.1) lp+_t = log pi_old(y_t | x, y_<t)  the rollout's log pi_old, scored before the update
-  (1.2) lp-_t = log pi(y_t | x-, y_<t)    one more no-grad forward, micro-batched
-  (1.3) d_t = min(10, e^u - u - 1),  u = clamp(lp-_t - lp+_t, -20, 20)      (k3; 0 where they agree)
-  (1.4) "hist": p_t = rank of d_t in its response / n,  w_t = p_t^alpha normalised to mean 1,
-        alpha = ln(1-y)/ln(1-x) - 1 with x = 0.4, y = 0.8: the top 40% of tokens carry 80% of the weight
+  (1.1) lp+_t = log pi_old(y_t | x, y_<t)
+  (1.2) lp-_t = log pi(y_t | x-, y_<t)
+  (1.3) d_t = min(10, e^u - u - 1),  u = clamp(lp-_t - lp+_t, -20, 20)
+  (1.4) "hist": w_t = (rank of d_t in its response / n)^HIST_ALPHA, normalised to mean 1
   (1.5) Â_{i,t} = A_i * w_{i,t} * m_{i,t}
-
-Weights are >= 0 and average exactly 1 over a response, so sum_t Â = A_i |y_i| as in GRPO: credit
-is moved between tokens, never created. docs/gcpo.md lists the departures from the reference code.
 """
 import math
 from dataclasses import dataclass
@@ -34,9 +23,9 @@ from loop.embedded_task import EMPTY_QUESTION, WRONG_ANSWER_INSTRUCTION
 from loop.language_model import completion_logprobs, pad_batch
 from loop.options import OUTPUT_DIR_HELP, opt
 
-TOP_SHARE, TOP_WEIGHT = 0.4, 0.8  # (1.4): x and y
-REFERENCE_WRONG_ANSWER = "\n\nNote: Intentionally generate an incorrect answer."  # the reference's x- wording
-HIST_ALPHA = math.log(1 - TOP_WEIGHT) / math.log(1 - TOP_SHARE) - 1  # ~2.15
+TOP_TOKENS, TOP_WEIGHT = 0.4, 0.8  # (1.4): the top 40% of tokens carry 80% of the weight
+HIST_ALPHA = math.log(1 - TOP_WEIGHT) / math.log(1 - TOP_TOKENS) - 1  # ~2.15
+REFERENCE_WRONG_ANSWER = "\n\nNote: Intentionally generate an incorrect answer."  # the reference's request
 
 
 @dataclass
@@ -61,17 +50,14 @@ class GCPOConfig(gb.GRPOConfig):
 
 
 def divergence(logp_pos, logp_neg):
-    """(1.3) pointwise k3 divergence: (N, L) -> (N, L), >= 0. The reference clamps to [-10, 10];
-    the lower bound 0 only removes float rounding below 0 (k3 >= 0 exactly)."""
+    """(1.3) k3, (N, L) -> (N, L). The lower clamp at 0 only removes float rounding (k3 >= 0)."""
     u = (logp_neg - logp_pos).clamp(-20, 20)
     return (torch.exp(u) - u - 1).clamp(0, 10)  # (1.3)
 
 
 def average_ranks(values, valid):
-    """(ranks, first_of_tie), both (N, L). ranks: the 1-based rank of each valid entry within its
-    row, ties sharing their average rank. first_of_tie: the position of one entry of each tie,
-    shared by all its members. Vectorised: one sort, then searchsorted counts the entries below
-    and up to each value; padding sorts last and ranks no valid entry."""
+    """(ranks, first_of_tie), both (N, L): each valid entry's 1-based rank in its row, ties sharing
+    their average rank, and the position of one member of its tie. Padding sorts last."""
     key = torch.where(valid, values, torch.inf).contiguous()
     ordered, order = key.sort(1)
     below = torch.searchsorted(ordered, key, right=False)
@@ -80,10 +66,9 @@ def average_ranks(values, valid):
 
 
 def guidance_weights(logp_pos, logp_neg, mask, norm="hist", temperature=0.1):
-    """Token weights from the guidance contrast, (N, L) -> (N, L): >= 0, mean exactly 1 over each
-    response's valid tokens, 0 on padding, a function of lp- - lp+ only, never smaller for a
-    larger divergence within a response. A response whose divergences are all equal gets weight
-    1 everywhere (exactly: then GCPO is GRPO)."""
+    """Token weights (N, L) -> (N, L): >= 0, mean exactly 1 over each response's valid tokens, 0 on
+    padding, a function of lp- - lp+ only, non-decreasing in d within a response; all d equal
+    gives w = 1 exactly."""
     valid = mask > 0
     n = valid.sum(1, keepdim=True).clamp(min=1)
     d = torch.where(valid, divergence(logp_pos, logp_neg), 0.0)
@@ -92,7 +77,7 @@ def guidance_weights(logp_pos, logp_neg, mask, norm="hist", temperature=0.1):
         raw = (ranks / n) ** HIST_ALPHA
     elif norm == "mean":
         raw = d
-    elif norm == "softmax":  # the reference's: scale by the response's largest divergence, then temperature
+    elif norm == "softmax":  # n * softmax(d / max d / temperature)
         scaled = torch.where(valid, d, -torch.inf) / d.amax(1, keepdim=True).clamp(min=1e-8) / temperature
         raw = torch.exp(scaled - scaled.amax(1, keepdim=True))
     else:
@@ -100,8 +85,8 @@ def guidance_weights(logp_pos, logp_neg, mask, norm="hist", temperature=0.1):
     raw = torch.where(valid, raw, 0.0)
     total = raw.sum(1, keepdim=True)
     weights = raw * n / torch.where(total > 0, total, 1.0)
-    # Vectorised pow and division can round equal inputs differently by an ulp depending on their
-    # position (SIMD lane vs. tail; hypothesis found it), so each tie takes one member's weight.
+    # Vectorised pow and division can round equal inputs an ulp apart by position (SIMD lane vs.
+    # tail), so each tie takes one member's weight.
     weights = weights.gather(1, first_of_tie)
     d_first = d.gather(1, valid.float().argmax(1, keepdim=True))
     uniform = (torch.where(valid, d, d_first) == d_first).all(1, keepdim=True)  # no contrast at all
@@ -113,9 +98,9 @@ def gcpo_token_advantages(adv, logp_pos, logp_neg, mask, norm="hist", temperatur
     return adv[:, None] * guidance_weights(logp_pos, logp_neg, mask, norm, temperature) * mask
 
 
-def negative_prompt(tokenizer, row, cfg):
-    """Token ids of x-: negative_text's user turn through the chat template, as x's, after x's worked
-    example when the row has one (x and x- differ in the last question alone)."""
+def negative_prompt_ids(tokenizer, row, cfg):
+    """Token ids of x-: negative_text through the chat template as x's, after x's worked example
+    if the row has one, so x and x- differ in the last question alone."""
     instruction, example = resolve_instruction(cfg), row.get("example")
     return prompt_ids(tokenizer, negative_text(row["question"], instruction, cfg, row.get("blank_question")),
                       example=example and (example[0] + instruction, example[1]))
@@ -127,14 +112,14 @@ def resolve_negative_instruction(cfg):
     return REFERENCE_WRONG_ANSWER if cfg.model else WRONG_ANSWER_INSTRUCTION
 
 
-def negative_logprobs(batch, rows, model, tokenizer, cfg):
-    """(1.2) lp- (n, L) of the responses `rows` (1-D indices): one no-grad, micro-batched
-    forward of x- ⊕ y; and {group: x-'s token ids}, one per group."""
+def negative_logprobs(batch, scored, model, tokenizer, cfg):
+    """(1.2) lp- (len(scored), L) of the responses `scored` (1-D indices), one no-grad forward of
+    x- ⊕ y; and {group: x-'s token ids}."""
     G = batch.group_size
-    per_group = {g: negative_prompt(tokenizer, batch.rows[g * G], cfg) for g in {i // G for i in rows.tolist()}}
-    negatives = [per_group[i // G] for i in rows.tolist()]
-    ids, ids_mask, _, _ = pad_batch(negatives, [[]] * len(negatives), tokenizer.pad_token_id, rows.device)
-    logp_neg, _ = completion_logprobs(model, ids, ids_mask, batch.completion_ids[rows], batch.completion_mask[rows],
+    per_group = {g: negative_prompt_ids(tokenizer, batch.rows[g * G], cfg) for g in {i // G for i in scored.tolist()}}
+    negatives = [per_group[i // G] for i in scored.tolist()]
+    ids, ids_mask, _, _ = pad_batch(negatives, [[]] * len(negatives), tokenizer.pad_token_id, scored.device)
+    logp_neg, _ = completion_logprobs(model, ids, ids_mask, batch.completion_ids[scored], batch.completion_mask[scored],
                                       cfg.temperature, cfg.micro_batch_size)  # (1.2)
     return logp_neg, per_group
 
@@ -142,39 +127,39 @@ def negative_logprobs(batch, rows, model, tokenizer, cfg):
 def gcpo_credit(batch, model, tokenizer, cfg, step):
     """Seam 3: lp- for the responses with A != 0 (no others get credit), lp+ = log pi_old,
     then (1.3)-(1.5)."""
-    live = (batch.advantages != 0).nonzero().squeeze(1)
+    scored = (batch.advantages != 0).nonzero().squeeze(1)
     token_adv = torch.zeros_like(batch.completion_mask)
-    if not len(live):
+    if not len(scored):
         return token_adv, {}
-    logp_neg, x_minus = negative_logprobs(batch, live, model, tokenizer, cfg)
+    logp_neg, x_minus = negative_logprobs(batch, scored, model, tokenizer, cfg)
     batch.scored_under = [{"negative prompt x-": x_minus[i // batch.group_size]} if batch.advantages[i] != 0 else {}
                           for i in range(len(batch.rows))]
-    mask = batch.completion_mask[live]
-    logp_pos = batch.old_logp[live]  # (1.1), scored by the loop (reads_pi_old)
-    adv = batch.advantages[live]
-    token_adv[live] = gcpo_token_advantages(adv, logp_pos, logp_neg, mask, cfg.weight_norm, cfg.weight_temperature)  # (1.5)
-    return token_adv, weight_diagnostics(divergence(logp_pos, logp_neg), token_adv[live] / adv[:, None], mask)
+    mask = batch.completion_mask[scored]
+    logp_pos = batch.old_logp[scored]  # (1.1), scored by the loop (reads_pi_old)
+    adv = batch.advantages[scored]
+    token_adv[scored] = gcpo_token_advantages(adv, logp_pos, logp_neg, mask, cfg.weight_norm, cfg.weight_temperature)  # (1.5)
+    return token_adv, weight_diagnostics(divergence(logp_pos, logp_neg), token_adv[scored] / adv[:, None], mask)
 
 
 def gcpo_recredit(batch, idx, model, tokenizer, cfg):
-    """Seam 5: Â of the mini-batch `idx` (1-D index tensor) -> (len(idx), L) under the current
-    policy: lp+ (1.1) and lp- (1.2) both re-scored with no grad, then (1.3)-(1.5), as the
-    reference recomputes its weights in every mini-batch."""
-    live = batch.advantages[idx] != 0
+    """Seam 5: Â (len(idx), L) of the mini-batch `idx` (1-D indices), lp+ and lp- re-scored under
+    the current policy with no grad."""
+    nonzero_adv = batch.advantages[idx] != 0
     token_adv = torch.zeros_like(batch.completion_mask[idx])
-    if live.any():
-        rows = idx[live]
-        mask = batch.completion_mask[rows]
-        logp_pos, _ = completion_logprobs(model, batch.prompt_ids[rows], batch.prompt_mask[rows], batch.completion_ids[rows],
-                                          mask, cfg.temperature, cfg.micro_batch_size)  # lp+ as (1.1), under the moved policy
-        logp_neg, _ = negative_logprobs(batch, rows, model, tokenizer, cfg)
-        token_adv[live] = gcpo_token_advantages(batch.advantages[rows], logp_pos, logp_neg, mask, cfg.weight_norm,
-                                                cfg.weight_temperature)  # (1.5)
+    if nonzero_adv.any():
+        scored = idx[nonzero_adv]
+        mask = batch.completion_mask[scored]
+        logp_pos, _ = completion_logprobs(model, batch.prompt_ids[scored], batch.prompt_mask[scored],
+                                          batch.completion_ids[scored], mask, cfg.temperature,
+                                          cfg.micro_batch_size)  # lp+ as (1.1), under the moved policy
+        logp_neg, _ = negative_logprobs(batch, scored, model, tokenizer, cfg)
+        token_adv[nonzero_adv] = gcpo_token_advantages(batch.advantages[scored], logp_pos, logp_neg, mask,
+                                                       cfg.weight_norm, cfg.weight_temperature)  # (1.5)
     return token_adv
 
 
 def gcpo_loss(logp, old_logp, token_adv, mask, cfg, normalizer):
-    """GRPO's loss plus the reference's optional entropy term (entropy_coef * mean(-log pi))."""
+    """GRPO's loss plus entropy_coef * mean(-log pi)."""
     loss, stats = gb.grpo_loss(logp, old_logp, token_adv, mask, cfg, normalizer)
     if cfg.entropy_coef:
         loss = loss + cfg.entropy_coef * gb.aggregate(torch.where(mask > 0, -logp, 0.0), mask, cfg.loss_type, normalizer)
@@ -182,22 +167,22 @@ def gcpo_loss(logp, old_logp, token_adv, mask, cfg, normalizer):
 
 
 def negative_text(question, instruction, cfg, blank_question=None):
-    """The user turn of x-, as text: 'wrong_answer' appends the request to the question and the
-    instruction; 'empty_prompt' puts the row's blank_question (else EMPTY_QUESTION) in the question's
-    place. trl_credit.py builds its x- with it too."""
+    """x-'s user turn as text: 'wrong_answer' appends the request to the question and instruction;
+    'empty_prompt' puts blank_question (else EMPTY_QUESTION) in the question's place. Shared with
+    trl_credit.py."""
     if cfg.negative == "wrong_answer":
         return question + instruction + resolve_negative_instruction(cfg)
     return (blank_question or EMPTY_QUESTION) + instruction
 
 
-def negative_prompts(tokenizer, rows, prompts, cfg):
-    """The contexts seam: every row's x-, each checked with a response against the model's context."""
-    return "GCPO's negative prompt x- (--negative_instruction)", [negative_prompt(tokenizer, r, cfg) for r in rows]
+def negative_contexts(tokenizer, rows, prompts, cfg):
+    """Seam 0: every task row's x-, each checked with a response against the model's context."""
+    return "GCPO's negative prompt x- (--negative_instruction)", [negative_prompt_ids(tokenizer, r, cfg) for r in rows]
 
 
 # the seams it replaces; its credit reads log pi_old (lp+), so the loop scores it first
 METHOD = {"credit": gcpo_credit, "loss_fn": gcpo_loss, "recredit": gcpo_recredit, "reads_pi_old": lambda cfg: True,
-          "contexts": negative_prompts}
+          "contexts": negative_contexts}
 
 if __name__ == "__main__":
     gb.main(GCPOConfig, **METHOD)

@@ -1,31 +1,26 @@
 """GRPO, the baseline every credit-assignment method here is a diff against. Docs: docs/grpo.md.
 
-One RL step, as grpo_step runs it; a method file replaces the seams (n), numbered in run order,
-through its METHOD dict:
+A run, step by step; a method file replaces the seams (n), numbered in run order, through its
+METHOD dict. The job runs (0) and (1) once, before step 1; grpo_step runs the rest every step:
 
-    (0) contexts          the contexts a response is scored under in place of its prompt (GCPO's x-,
-                          CEPO's prompt + hint), checked against the model's context at the start
-    (1) preflight         once, before step 1 (CEPO: does the model read its hints?)
+    (0) contexts          the token ids a method scores a response under instead of its prompt
+                          (GCPO's x-, CEPO's prompt + hint), so the job checks they fit the context
+    (1) preflight         CEPO: does the model read its hints?
     prompts               B per step, a pure function of (seed, step)          loop.job.step_prompts
     responses, rewards    G samples per prompt, rewarded 0/1                   sample
-    (2) edit_rollouts     on each group as drawn (Gold: a reference joins an all-wrong group)
+    (2) edit_rollouts     each group as drawn (Gold: a reference joins an all-wrong group)
     A_i                   group-normalised rewards                             (0.1)
-    log pi_old            here, or the update's own pass                       score_pi_old
+    log pi_old            scored here, or taken from the update's own pass     score_pi_old
     (3) credit -> Â       GRPO: A_i on every token (0.2); GCPO, CEPO vary it by token
     (4) loss_fn           PPO-clip (0.3)-(0.4); Gold: a sequence ratio; GCPO: + its entropy term
-    (5) recredit          GCPO: Â again after each optimizer step, when there are several
-    reads_pi_old(cfg)     whether the credit reads log pi_old, so it must be scored before the update
+    (5) recredit          GCPO: Â again for each mini-batch after the first, when there are several
+    reads_pi_old(cfg)     does the credit read log pi_old? then it is scored before the update
 
-Config, rollout, GRPO math (pure tensor functions), update, the step. The job around the step
-(run directory, resume, evaluations, checkpoints) is loop/job.py's; logging is diagnostics.py's,
-the command line options.py's. With no --model / --dataset it trains the embedded default: an
-arithmetic task and a tiny Llama warm-started from scratch.
+The job around the step (run directory, resume, evaluations, checkpoints, its options) is
+loop/job.py's.
 """
 import functools
-import json
 import math
-import signal
-import sys
 import time
 from dataclasses import dataclass
 
@@ -35,17 +30,17 @@ from loop.data import DataOptions, finite_rewards
 from loop.diagnostics import step_metrics
 from loop.dynamic_sampling import resample_informative
 from loop.embedded_task import TaskOptions, task_reward
-from loop.job import run_job
+from loop.job import JobOptions, run_cli, run_job
 from loop.language_model import completion_logprobs, generate, pad_batch
-from loop.options import OUTPUT_DIR_HELP, check_options, opt, parse_config
+from loop.options import check_options, opt
 
 
 # =============================================================================================
-# 1. Config: TRL's GRPOConfig names where the concept is the same. What to train on (--model,
-#    --dataset, ...) is data.py's DataOptions; the embedded task's options, TaskOptions.
+# 1. Config: TRL's GRPOConfig names where the concept is the same. The bases hold the job's
+#    options (steps, evaluation, checkpoints, seeds), the embedded task's and the data's.
 # =============================================================================================
 @dataclass
-class GRPOConfig(TaskOptions, DataOptions):
+class GRPOConfig(JobOptions, TaskOptions, DataOptions):
     # --- rollout ---
     prompts_per_step: int = opt(8, "prompts per RL step (B)")
     num_generations: int = opt(8, "responses per prompt, the group size G")
@@ -63,31 +58,18 @@ class GRPOConfig(TaskOptions, DataOptions):
                          choices=("token-mean", "seq-mean-token-mean"))
     num_iterations: int = opt(1, "PPO epochs over each rolled-out batch (TRL's num_iterations, mu)")
     num_mini_batches: int = opt(1, "optimizer steps per PPO epoch; must divide B * num_generations")
-    micro_batch_size: int = opt(64, "sequences per forward pass: changes memory, not the gradient")
-    generation_batch_size: int = opt(256, "sequences per generate() call")
-    gradient_checkpointing: bool = opt(False, "trade compute for memory on large models")
-    dynamic_sampling: bool = opt(False, "DAPO's dynamic sampling: resample groups that are all right or all wrong (dynamic_sampling.py)")
+    dynamic_sampling: bool = opt(False, "DAPO's dynamic sampling: resample groups that are all right or all wrong")
     max_resample_rounds: int = opt(3, "with --dynamic_sampling: extra sampling rounds per step, at most")
-    # --- schedule, evaluation, checkpoints ---
-    max_steps: int = opt(60, "RL steps")
-    eval_steps: int = opt(10, "greedy held-out evaluation every this many steps, and at 0 and the end")
-    eval_size: int = opt(200, "held-out problems to evaluate on")
-    save_steps: int = opt(20, "checkpoint every this many steps")
-    output_dir: str = opt("runs/grpo", OUTPUT_DIR_HELP)
-    overwrite_output_dir: bool = opt(False, "start afresh even if output_dir holds a run")
-    resume: bool = opt(False, "continue the run in output_dir from its last checkpoint")
-    seed: int = opt(0, "seed for sampling (and for the prompt order unless --data_seed is given)")
-    data_seed: int = opt(None, "seed for the prompt order (TRL's data_seed); default: --seed")
 
     def __post_init__(self):
-        check_options(self)  # one ValueError naming every bad option (and method_problems')
+        check_options(self)  # one ValueError naming every bad option
 
     def method_problems(self):  # a method's own checks: ['--flag=value: why', ...]
         return []
 
 
 # =============================================================================================
-# 2. Rollout: sample G responses per prompt, reward them, and score log pi_old.
+# 2. Rollout: sample G responses per prompt, reward them, score log pi_old.
 # =============================================================================================
 @dataclass
 class Rollouts:
@@ -101,17 +83,16 @@ class Rollouts:
     texts: list                    # (N,) decoded responses
     rewards: torch.Tensor          # (N,)
     advantages: torch.Tensor       # (N,) A_i, eq. (0.1)
-    old_logp: torch.Tensor = None  # (N, L) log pi_old: score_pi_old, or the update's first pass
-    entropy: torch.Tensor = None   # (N, L) the policy's entropy, from the same pass
+    old_logp: torch.Tensor = None  # (N, L) log pi_old: score_pi_old's, or the update's own pass
+    entropy: torch.Tensor = None   # (N, L) from the same pass
     ref_logp: torch.Tensor = None  # (N, L) log pi_ref when beta > 0
     group_size: int = 1
     sampled: torch.Tensor = None   # (N,) bool: False where the policy did not sample (Gold's)
-    scored_under: list = None      # (N,) {what: text or token ids} a credit scored each response under
+    scored_under: list = None      # (N,) what a credit scored each response under, for the report
 
 
 def sample(model, tokenizer, rows, prompts, cfg, device, stats):
-    """G responses per prompt and their rewards (rows, prompts repeated G times); answer checks
-    that ran out of time are counted in stats."""
+    """G responses per prompt and their rewards; rows and prompts come back repeated G times."""
     G = cfg.num_generations
     rows, prompts = [r for r in rows for _ in range(G)], [p for p in prompts for _ in range(G)]
     completion_ids, mask, texts = generate(model, tokenizer, prompts, cfg, device)
@@ -123,13 +104,13 @@ def sample(model, tokenizer, rows, prompts, cfg, device, stats):
 
 
 def rollout(model, tokenizer, rows, prompts, cfg, device, ref_model, edit_rollouts=None, more_prompts=None):
-    """Sample, reward and baseline one step's groups -> (Rollouts, seconds per phase, stats). Seam 2,
-    edit_rollouts(rows, ids, mask, texts, rewards, tokenizer, cfg) -> (ids, mask, texts, rewards,
-    sampled, stats), edits each group as drawn. more_prompts(round): --dynamic_sampling's."""
+    """Sample, reward and baseline one step's groups -> (Rollouts, seconds per phase, stats).
+    Seam 2: edit_rollouts(rows, ids, mask, texts, rewards, tokenizer, cfg) -> (ids, mask, texts,
+    rewards, sampled, stats). more_prompts(round): --dynamic_sampling's."""
     G = cfg.num_generations
     t0 = time.perf_counter()
     stats = {}
-    def sample_and_edit(rows, prompts):  # edited before dynamic sampling judges the group (Gold's must be)
+    def sample_and_edit(rows, prompts):  # edited before dynamic sampling judges the group, as Gold needs
         rows, prompts, ids, mask, texts, rewards = sample(model, tokenizer, rows, prompts, cfg, device, stats)
         sampled = torch.ones_like(rewards, dtype=torch.bool)
         if edit_rollouts is not None:
@@ -146,7 +127,7 @@ def rollout(model, tokenizer, rows, prompts, cfg, device, ref_model, edit_rollou
     p_ids, p_mask, _, _ = pad_batch(prompts, [[]] * len(prompts), tokenizer.pad_token_id, device)
     batch = Rollouts(rows, prompts, p_ids, p_mask, completion_ids, mask, texts, rewards, advantages, group_size=G,
                      sampled=sampled)
-    if ref_model is not None:  # log pi_ref, for the KL term: the frozen model's teacher-forced pass
+    if ref_model is not None:  # log pi_ref, for the KL term
         t = time.perf_counter()
         batch.ref_logp = completion_logprobs(ref_model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
                                              batch.completion_mask, cfg.temperature, cfg.micro_batch_size)[0]
@@ -155,8 +136,7 @@ def rollout(model, tokenizer, rows, prompts, cfg, device, ref_model, edit_rollou
 
 
 def score_pi_old(model, batch, cfg, times=None):
-    """log pi_old (N, L): the sampling policy's log-probs of its tokens, teacher-forced at the
-    sampling temperature, no grad; and the entropy (N, L). Seconds go to times["t_score"]."""
+    """log pi_old (N, L), teacher-forced at the sampling temperature without grad, and the entropy."""
     t = time.perf_counter()
     out = completion_logprobs(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask,
                               cfg.temperature, cfg.micro_batch_size, entropy=True)
@@ -166,11 +146,11 @@ def score_pi_old(model, batch, cfg, times=None):
 
 
 # =============================================================================================
-# 3. GRPO math: pure tensor functions (no model, no I/O).
+# 3. GRPO math: pure tensor functions.
 # =============================================================================================
 def group_advantages(rewards, group_size, eps=1e-6, scale=True):
     """(0.1) A_i = (R_i - mean_g R) / (std_g R + eps), std unbiased. rewards (N,), groups
-    contiguous -> (N,). scale=False: Dr. GRPO. A constant group gives exactly 0, never NaN."""
+    contiguous -> (N,). scale=False: Dr. GRPO."""
     if rewards.ndim != 1 or rewards.numel() % group_size:
         raise ValueError(f"rewards of shape {tuple(rewards.shape)} do not split into groups of {group_size}")
     grouped = rewards.view(-1, group_size).float()
@@ -189,9 +169,8 @@ def grpo_token_advantages(advantages, mask):
 
 
 def policy_loss(logp, old_logp, advantages, mask, clip_low=0.2, clip_high=0.28, agg="token-mean", normalizer=None):
-    """PPO-clip with clip-higher, (0.3)-(0.4). All inputs (N, L); advantages per token.
-    Aggregated by `agg` (see aggregate); padding is excluded with `where`, so NaN/inf there cannot
-    leak in. Returns (loss, stats)."""
+    """PPO-clip with clip-higher, (0.3)-(0.4); inputs (N, L), advantages per token -> (loss, stats).
+    Padding is excluded with `where`, so NaN or inf there cannot leak in."""
     valid = mask > 0
     log_ratio = torch.where(valid, logp - old_logp, 0.0)  # TRL does not clamp the log-ratio; neither do we
     ratio = torch.exp(log_ratio)  # (0.3)
@@ -209,9 +188,9 @@ def policy_loss(logp, old_logp, advantages, mask, clip_low=0.2, clip_high=0.28, 
 
 
 def aggregate(per_token, mask, agg, normalizer=None):
-    """Reduce an (N, L) per-token loss: 'token-mean' over every valid token (DAPO), or
-    'seq-mean-token-mean', each response's token mean averaged (the original GRPO). `normalizer`
-    overrides the denominator, so that micro-batches sum to the mini-batch's loss exactly."""
+    """(N, L) per-token loss -> scalar: 'token-mean' over every valid token (DAPO), or each
+    response's token mean averaged (the original GRPO). `normalizer` replaces the denominator, so
+    that micro-batches sum to the mini-batch's loss exactly."""
     if agg == "token-mean":
         return per_token.sum() / (mask.sum() if normalizer is None else normalizer)
     if agg == "seq-mean-token-mean":
@@ -221,22 +200,22 @@ def aggregate(per_token, mask, agg, normalizer=None):
 
 
 def kl_k3(logp, ref_logp):
-    """(0.5) k3 estimate of KL(pi_theta || pi_ref) per token, >= 0; unclamped, as TRL."""
+    """(0.5) k3 estimate of KL(pi_theta || pi_ref) per token; unclamped, as TRL."""
     r = ref_logp - logp
     return torch.exp(r) - r - 1  # (0.5)
 
 
 def grpo_credit(batch, model, tokenizer, cfg, step):
-    """Seam 3: rolled-out batch -> (per-token advantages (N, L), metrics). GRPO's is uniform."""
+    """Seam 3: batch -> (Â (N, L), metrics). GRPO's is uniform."""
     return grpo_token_advantages(batch.advantages, batch.completion_mask), {}
 
 
 def grpo_loss(logp, old_logp, token_adv, mask, cfg, normalizer):
-    """Seam 4: the surrogate loss on one micro-batch -> (loss, stats)."""
+    """Seam 4: the loss on one micro-batch -> (loss, stats)."""
     return policy_loss(logp, old_logp, token_adv, mask, cfg.epsilon, cfg.epsilon_high, cfg.loss_type, normalizer)
 
 
-# The seams each method file replaces. A credit that reads batch.old_logp says so with reads_pi_old.
+# The seams a method file replaces; a credit that reads batch.old_logp also puts reads_pi_old here.
 METHOD = {"credit": grpo_credit, "loss_fn": grpo_loss}
 
 
@@ -244,18 +223,17 @@ METHOD = {"credit": grpo_credit, "loss_fn": grpo_loss}
 # 4. Update: PPO epochs over the rolled-out batch.
 # =============================================================================================
 def update(model, optimizer, batch, token_adv, cfg, loss_fn=grpo_loss, recredit=None):
-    """num_iterations PPO epochs of num_mini_batches optimizer steps each; a mini-batch with a
-    non-finite loss or gradient is skipped and counted. Seam 5, recredit(indices) -> (n, L), gives
-    the credit under the current policy for every mini-batch after the first."""
+    """num_iterations PPO epochs of num_mini_batches optimizer steps; a mini-batch with a non-finite
+    loss or gradient is skipped and counted. Seam 5, recredit(indices) -> (n, L): the credit under
+    the current policy, for every mini-batch after the first."""
     N = len(batch.rows)
     size = N // cfg.num_mini_batches
-    # log pi_old: batch.old_logp when it was scored before the update. Else (one optimizer step, the
-    # default) pi_old is the policy as it stands, and this update's own pass, detached, is log pi_old
-    # (ratio 1): one pass fewer, as TRL.
+    # log pi_old: batch.old_logp if scored before the update. Else (one optimizer step, the default)
+    # pi_old is the policy as it stands, and this pass, detached, is log pi_old: one pass fewer, as TRL.
     own_pass = batch.old_logp is None
-    if own_pass and cfg.num_iterations * cfg.num_mini_batches > 1:  # after the first step the policy has moved
+    if own_pass and cfg.num_iterations * cfg.num_mini_batches > 1:  # the policy moves after the first step
         raise ValueError("score log pi_old (score_pi_old) before an update of several optimizer steps")
-    own_logp, own_entropy = [], []  # with own_pass: log pi_old and the entropy from this pass, for the metrics
+    own_logp, own_entropy = [], []  # with own_pass: kept for the metrics
     logs, skipped, first = [], 0, True
     for _ in range(cfg.num_iterations):
         order = torch.randperm(N) if cfg.num_mini_batches > 1 else torch.arange(N)
@@ -269,19 +247,18 @@ def update(model, optimizer, batch, token_adv, cfg, loss_fn=grpo_loss, recredit=
             finite, stats_sum = True, {}
             for s in range(0, size, cfg.micro_batch_size):
                 mb = idx[s:s + cfg.micro_batch_size]
+                mb_mask = batch.completion_mask[mb]
                 logp, entropy = completion_logprobs(model, batch.prompt_ids[mb], batch.prompt_mask[mb], batch.completion_ids[mb],
-                                                    batch.completion_mask[mb], cfg.temperature, cfg.micro_batch_size,
-                                                    grad=True, entropy=own_pass)
+                                                    mb_mask, cfg.temperature, cfg.micro_batch_size, grad=True, entropy=own_pass)
                 old_logp = logp.detach() if own_pass else batch.old_logp[mb]
                 if own_pass:
                     own_logp.append(old_logp)
                     own_entropy.append(entropy)
-                loss, stats = loss_fn(logp, old_logp, adv[s:s + cfg.micro_batch_size], batch.completion_mask[mb], cfg,
-                                      normalizer)
+                loss, stats = loss_fn(logp, old_logp, adv[s:s + cfg.micro_batch_size], mb_mask, cfg, normalizer)
                 if cfg.beta > 0:
-                    kl = torch.where(batch.completion_mask[mb] > 0, kl_k3(logp, batch.ref_logp[mb]), 0.0)
-                    loss = loss + cfg.beta * aggregate(kl, batch.completion_mask[mb], cfg.loss_type, normalizer)
-                    stats["kl"] = ((kl.sum() / batch.completion_mask[mb].sum()).item())
+                    kl = torch.where(mb_mask > 0, kl_k3(logp, batch.ref_logp[mb]), 0.0)
+                    loss = loss + cfg.beta * aggregate(kl, mb_mask, cfg.loss_type, normalizer)
+                    stats["kl"] = (kl.sum() / mb_mask.sum()).item()
                 if not torch.isfinite(loss):
                     finite = False
                     break
@@ -304,17 +281,15 @@ def update(model, optimizer, batch, token_adv, cfg, loss_fn=grpo_loss, recredit=
 
 
 # =============================================================================================
-# 5. One RL step, the seams in order; the job around it (run directory, resume, evaluation,
-#    checkpoints, timing, skips) is loop/job.py's.
+# 5. One RL step, the seams in order.
 # =============================================================================================
 def grpo_step(job, rows, prompts, more_prompts, step, cfg, credit=grpo_credit, loss_fn=grpo_loss, edit_rollouts=None,
               recredit=None, reads_pi_old=lambda cfg: False):
-    """One RL step on this step's prompts -> (metrics, batch, Â). job: the model, optimizer,
-    reference model, tokenizer and device (loop.job.Job); more_prompts(round): dynamic sampling's.
-    update() leaves log pi_old and the entropy in the batch, which step_metrics reads."""
+    """One RL step on this step's prompts -> (metrics, batch, Â). job: model, optimizer, reference
+    model, tokenizer, device (loop.job.Job); more_prompts(round): dynamic sampling's."""
     model, tokenizer = job.model, job.tokenizer
-    batch, times, stats = rollout(model, tokenizer, rows, prompts, cfg, job.device, job.ref_model, edit_rollouts,  # seam 2
-                                  more_prompts)
+    batch, times, stats = rollout(model, tokenizer, rows, prompts, cfg, job.device, job.ref_model, edit_rollouts,
+                                  more_prompts)  # responses, rewards (seam 2 edits them), A_i
     several_steps = cfg.num_iterations * cfg.num_mini_batches > 1
     if reads_pi_old(cfg) or several_steps:  # log pi_old scored here; else the update's own pass gives it
         batch.old_logp, batch.entropy = score_pi_old(model, batch, cfg, times)
@@ -331,31 +306,17 @@ def grpo_step(job, rows, prompts, more_prompts, step, cfg, credit=grpo_credit, l
 
 def train(cfg, credit=grpo_credit, loss_fn=grpo_loss, edit_rollouts=None, recredit=None, preflight=None,
           reads_pi_old=lambda cfg: False, contexts=None):
-    """Run RL with the given seams (a method file's METHOD); returns the run's summary. Seam 0,
-    contexts(tokenizer, rows, prompts, cfg) -> (name, one token-id list per row); seam 1,
-    preflight(model, tokenizer, eval_rows, cfg) -> metrics for the step-0 record; both run by the job."""
+    """Run RL with a method file's seams (its METHOD) -> the run's summary. The job runs seam 0,
+    contexts(tokenizer, rows, prompts, cfg) -> (name, token ids per row), and seam 1,
+    preflight(model, tokenizer, eval_rows, cfg) -> metrics for the step-0 record."""
     one_step = functools.partial(grpo_step, cfg=cfg, credit=credit, loss_fn=loss_fn, edit_rollouts=edit_rollouts,
                                  recredit=recredit, reads_pi_old=reads_pi_old)
     return run_job(cfg, one_step, preflight, contexts)
 
 
 def main(config_cls=GRPOConfig, argv=None, **method):
-    """CLI entry point; `method`: the seams a method file replaces (its METHOD)."""
-    cfg = parse_config(config_cls, argv)
-    previous = signal.signal(signal.SIGTERM, stop_as_ctrl_c)  # a scheduler's preemption, `kill`
-    try:
-        summary = train(cfg, **method)
-    except ValueError as e:  # bad input: name the problem, no traceback
-        sys.exit(f"error: {e}")
-    except KeyboardInterrupt:
-        sys.exit(f"interrupted; rerun with --resume to continue {cfg.output_dir} from its last checkpoint")
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    print(json.dumps(summary, indent=1))
-
-
-def stop_as_ctrl_c(signum, frame):
-    raise KeyboardInterrupt
+    """The command line, with a method file's METHOD."""
+    run_cli(config_cls, train, argv, **method)
 
 
 if __name__ == "__main__":

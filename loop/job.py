@@ -1,9 +1,11 @@
 """The job around one RL step (grpo_baseline.grpo_step): the run directory and resume, the model
 and the data, the checks before step 1, the prompt schedule, evaluations, checkpoints, the
-progress bar and the run's report. Nothing here changes what a step computes.
+progress bar, the run's report and the command line. Nothing here changes what a step computes.
 """
+import json
 import os
 import random
+import signal
 import sys
 from dataclasses import dataclass
 
@@ -14,7 +16,25 @@ from loop.checkpoint import open_run, restore, save_checkpoint, written
 from loop.data import encode_prompts, evaluate, resolve_instruction
 from loop.embedded_task import load_task, task_reward, warm_start
 from loop.language_model import check_context, load_policy, stop_ids
+from loop.options import OUTPUT_DIR_HELP, opt, parse_config
 from loop.report import credit_examples, history_last, reset_peak_memory, write_run_report
+
+
+@dataclass
+class JobOptions:
+    """The job's options, part of GRPOConfig: steps, evaluation, checkpoints, seeds and memory."""
+    max_steps: int = opt(60, "RL steps")
+    eval_steps: int = opt(10, "greedy held-out evaluation every this many steps, and at 0 and the end")
+    eval_size: int = opt(200, "held-out problems to evaluate on")
+    save_steps: int = opt(20, "checkpoint every this many steps")
+    output_dir: str = opt("runs/grpo", OUTPUT_DIR_HELP)
+    overwrite_output_dir: bool = opt(False, "start afresh even if output_dir holds a run")
+    resume: bool = opt(False, "continue the run in output_dir from its last checkpoint")
+    seed: int = opt(0, "seed for sampling (and for the prompt order unless --data_seed is given)")
+    data_seed: int = opt(None, "seed for the prompt order (TRL's data_seed); default: --seed")
+    micro_batch_size: int = opt(64, "sequences per forward pass: changes memory, not the gradient")
+    generation_batch_size: int = opt(256, "sequences per generate() call")
+    gradient_checkpointing: bool = opt(False, "trade compute for memory on large models")
 
 
 @dataclass
@@ -101,3 +121,23 @@ def run_in(run, cfg, device, one_step, preflight, contexts):
     last_credit = credit_examples(batch, token_adv, tokenizer) if start < cfg.max_steps else None
     with written(os.path.join(cfg.output_dir, "final")):  # a full disk here: rerun with --resume to write it again
         return write_run_report(cfg.output_dir, run.history, last_credit, model, tokenizer)
+
+
+def run_cli(config_cls, train, argv=None, **method):
+    """A training script's command line: parse config_cls's options, train(cfg, **method), print
+    the summary. Bad input exits with one line naming it; Ctrl-C or a SIGTERM, with how to resume."""
+    cfg = parse_config(config_cls, argv)
+    previous = signal.signal(signal.SIGTERM, stop_as_ctrl_c)  # a scheduler's preemption, `kill`
+    try:
+        summary = train(cfg, **method)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit(f"interrupted; rerun with --resume to continue {cfg.output_dir} from its last checkpoint")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print(json.dumps(summary, indent=1))
+
+
+def stop_as_ctrl_c(signum, frame):
+    raise KeyboardInterrupt

@@ -126,13 +126,13 @@ def test_cepo_end_to_end(tiny_cfg):
 def test_hint_check_warns_when_the_model_ignores_the_hint(tiny_cfg, tiny_policy, capsys, monkeypatch):
     cfg = tiny_cfg(cepo.CEPOConfig)
     model, tok, _, eval_rows = tiny_policy(cfg)
-    checks = cepo.hint_check(model, tok, eval_rows, cfg)
+    checks = cepo.hint_preflight(model, tok, eval_rows, cfg)
     assert checks["hint_contrast_nats"] > 0, "the warm start was taught to read the hint"
     assert "warning" not in capsys.readouterr().err
     monkeypatch.setattr(diagnostics, "hint_contrast", lambda *a: (-0.4, 0.3))
-    assert cepo.hint_check(model, tok, eval_rows, cfg) == {"hint_contrast_nats": -0.4, "hint_contrast_wins": 0.3}
+    assert cepo.hint_preflight(model, tok, eval_rows, cfg) == {"hint_contrast_nats": -0.4, "hint_contrast_wins": 0.3}
     assert "warning: this model does not read CEPO's answer hints" in capsys.readouterr().err
-    assert cepo.hint_check(model, tok, [{**r, "solution": None} for r in eval_rows], cfg) == {}
+    assert cepo.hint_preflight(model, tok, [{**r, "solution": None} for r in eval_rows], cfg) == {}
     assert "hint check skipped" in capsys.readouterr().out
 
 

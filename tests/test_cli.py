@@ -17,6 +17,7 @@ import gcpo
 import gold
 import grpo_baseline as gb
 from loop import job
+from loop.options import parse_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = [gb.GRPOConfig, gcpo.GCPOConfig, cepo.CEPOConfig, gold.GoldConfig]
@@ -31,7 +32,7 @@ def test_help_of_an_entry_point_as_the_readme_prints_it():
 @pytest.mark.parametrize("config_cls", CONFIGS)
 def test_help_lists_every_option(config_cls, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        gb.parse_config(config_cls, ["--help"])
+        parse_config(config_cls, ["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert all(f"--{f.name}" in text for f in dataclasses.fields(config_cls))
@@ -53,7 +54,7 @@ def test_compare_help(monkeypatch, capsys):
 ])
 def test_values_that_would_make_a_run_a_no_op_or_crash_are_refused_at_parse_time(argv, flag, problem, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        gb.parse_config(gb.GRPOConfig, argv)
+        parse_config(gb.GRPOConfig, argv)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and flag in err and problem.replace("\\", "") in err.replace("\\", "")
 
@@ -65,7 +66,7 @@ def test_values_that_would_make_a_run_a_no_op_or_crash_are_refused_at_parse_time
 ])
 def test_method_options_are_checked_the_same_way(config_cls, argv, flag, capsys):
     with pytest.raises(SystemExit):
-        gb.parse_config(config_cls, argv)
+        parse_config(config_cls, argv)
     assert f"{flag}=" in capsys.readouterr().err
 
 
@@ -78,8 +79,8 @@ def test_a_dataset_without_a_model_is_one_line_before_any_work(tmp_path, monkeyp
 
 
 def test_a_negative_value_after_its_flag_parses():
-    assert gb.parse_config(gb.GRPOConfig, ["--seed", "-3"]).seed == -3
-    assert gb.parse_config(gold.GoldConfig, ["--max_log_ratio", "-1e-1"]).max_log_ratio == -0.1
+    assert parse_config(gb.GRPOConfig, ["--seed", "-3"]).seed == -3
+    assert parse_config(gold.GoldConfig, ["--max_log_ratio", "-1e-1"]).max_log_ratio == -0.1
 
 
 JUNK = st.one_of(st.text(max_size=30), st.sampled_from(["nan", "inf", "-inf", "-1e-4", "1e308", "-0", "0x10", "",
@@ -97,7 +98,7 @@ def test_any_value_of_any_option_parses_or_is_one_line_naming_the_flag(config_cl
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
-            cfg = gb.parse_config(config_cls, argv)
+            cfg = parse_config(config_cls, argv)
     except SystemExit as e:
         lines = [line for line in err.getvalue().splitlines() if ": error:" in line]
         assert e.code == 2 and len(lines) == 1 and f"--{field.name}" in lines[0], err.getvalue()
@@ -166,7 +167,7 @@ def test_every_method_command_the_docs_print_parses():
     assert {script for _, script, _ in commands} == set(SCRIPTS)
     for page, script, argv in commands:
         if argv != ["--help"]:
-            gb.parse_config(SCRIPTS[script], argv)  # exits with the flag named if it does not parse
+            parse_config(SCRIPTS[script], argv)  # exits with the flag named if it does not parse
 
 
 def test_run_sh_runs_a_method_file_as_the_readme_prints_it():

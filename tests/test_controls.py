@@ -7,6 +7,7 @@ from hypothesis import given
 import grpo_baseline as gb
 from benchmark import controls
 from loop.data import prompt_ids, resolve_instruction
+from loop.options import parse_config
 from loop.report import read_metrics
 
 
@@ -60,7 +61,7 @@ def test_sft_gold_zeroes_the_sampled_members_of_a_group_with_a_reference_and_not
 @pytest.mark.parametrize("arm", list(controls.ARMS))
 def test_each_control_parses_its_options_like_a_method(arm, capsys):
     cfg_cls, _ = controls.ARMS[arm]
-    cfg = gb.parse_config(cfg_cls, ["--max_steps", "3", "--seed", "7", "--data_seed", "2"])
+    cfg = parse_config(cfg_cls, ["--max_steps", "3", "--seed", "7", "--data_seed", "2"])
     assert (cfg.max_steps, cfg.seed, cfg.data_seed) == (3, 7, 2) and cfg.output_dir == f"runs/{arm}"
 
 

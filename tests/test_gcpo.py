@@ -111,18 +111,18 @@ def test_negative_prompts_for_the_embedded_task_and_a_chat_template():
     tok = char_tokenizer()
     row = {"question": "1+2+3+4", "answer": "10", "blank_question": "?+?+?+?"}
     cfg = gcpo.GCPOConfig()
-    assert tok.decode(gcpo.negative_prompt(tok, row, cfg)) == "1+2+3+4 Give a wrong answer.\n"
-    assert tok.decode(gcpo.negative_prompt(tok, row, gcpo.GCPOConfig(negative="empty_prompt"))) == "?+?+?+?\n"
+    assert tok.decode(gcpo.negative_prompt_ids(tok, row, cfg)) == "1+2+3+4 Give a wrong answer.\n"
+    assert tok.decode(gcpo.negative_prompt_ids(tok, row, gcpo.GCPOConfig(negative="empty_prompt"))) == "?+?+?+?\n"
     tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
     real = {"question": "What is 1+2?", "answer": "3", "blank_question": None}
     real_cfg = gcpo.GCPOConfig(model="some/model", instruction=" Think.")
-    assert tok.decode(gcpo.negative_prompt(tok, real, gcpo.GCPOConfig(model="m", instruction=" Think.",
+    assert tok.decode(gcpo.negative_prompt_ids(tok, real, gcpo.GCPOConfig(model="m", instruction=" Think.",
                                                                        negative="empty_prompt"))) == \
         "<user>Answer the question. Think.<assistant>"
-    assert tok.decode(gcpo.negative_prompt(tok, real, real_cfg)) == \
+    assert tok.decode(gcpo.negative_prompt_ids(tok, real, real_cfg)) == \
         "<user>What is 1+2? Think.\n\nNote: Intentionally generate an incorrect answer.<assistant>"  # the reference's words
     mine = gcpo.GCPOConfig(model="m", instruction="", negative_instruction=" Be wrong.")
-    assert tok.decode(gcpo.negative_prompt(tok, real, mine)) == "<user>What is 1+2? Be wrong.<assistant>"
+    assert tok.decode(gcpo.negative_prompt_ids(tok, real, mine)) == "<user>What is 1+2? Be wrong.<assistant>"
 
 
 def test_softmax_is_the_references_scaled_by_the_largest_divergence():

@@ -14,6 +14,7 @@ from loop import dynamic_sampling, job
 from loop.data import DEFAULT_INSTRUCTION, prompt_ids
 from loop.embedded_task import char_tokenizer, load_task, warm_start
 from loop.language_model import load_policy
+from loop.options import parse_config
 
 TIMING = ("t_generate", "t_score", "t_credit", "t_update", "peak_mem_mb")
 
@@ -232,12 +233,12 @@ def test_dynamic_sampling_runs_and_fills_the_batch_with_informative_groups(tiny_
 ])
 def test_bad_options_exit_naming_the_flag(argv, flag, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        gb.parse_config(gb.GRPOConfig, argv)
+        parse_config(gb.GRPOConfig, argv)
     assert exit_info.value.code == 2 and flag in capsys.readouterr().err
 
 
 def test_options_parse_with_trl_names():
-    cfg = gb.parse_config(gb.GRPOConfig, ["--num_generations", "4", "--epsilon_high", "0.2", "--beta", "0.04",
+    cfg = parse_config(gb.GRPOConfig, ["--num_generations", "4", "--epsilon_high", "0.2", "--beta", "0.04",
                                           "--scale_rewards", "none", "--resume"])
     assert (cfg.num_generations, cfg.epsilon_high, cfg.beta, cfg.scale_rewards, cfg.resume) == (4, 0.2, 0.04, "none", True)
 

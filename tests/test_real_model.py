@@ -110,12 +110,12 @@ def test_gold_injects_real_gsm8k_solutions_ending_with_the_models_end_of_turn(qw
 
 def test_method_contexts_through_the_real_chat_template(qwen_tokenizer):
     tok, row = qwen_tokenizer, {"question": "What is 3+4?", "blank_question": None}
-    negative = tok.decode(gcpo.negative_prompt(tok, row, gcpo.GCPOConfig(model="Qwen/Qwen2.5-0.5B-Instruct")))
+    negative = tok.decode(gcpo.negative_prompt_ids(tok, row, gcpo.GCPOConfig(model="Qwen/Qwen2.5-0.5B-Instruct")))
     assert ("What is 3+4?" + DEFAULT_INSTRUCTION + "\n\nNote: Intentionally generate an incorrect answer.<|im_end|>"
             in negative)
     assert negative.endswith("<|im_start|>assistant\n")
     empty = gcpo.GCPOConfig(model="Qwen/Qwen2.5-0.5B-Instruct", negative="empty_prompt")
-    assert tok.decode(gcpo.negative_prompt(tok, row, empty)).count("Answer the question.") == 1
+    assert tok.decode(gcpo.negative_prompt_ids(tok, row, empty)).count("Answer the question.") == 1
     real = cepo.CEPOConfig(model="Qwen/Qwen2.5-0.5B-Instruct")
     hinted = tok.decode(prompt_ids(tok, row["question"], DEFAULT_INSTRUCTION) + cepo.hint_ids(tok, "7", real))
     assert hinted.endswith("<|im_start|>assistant\n 7")  # the reference's bare answer opens the assistant turn

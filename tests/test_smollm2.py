@@ -53,11 +53,11 @@ def test_the_words_task_prompt_opens_with_the_worked_example_in_chatml(smollm2):
     assert text == ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
                     f"<|im_start|>user\n{EXAMPLE[0]}{DEFAULT_INSTRUCTION}<|im_end|>\n<|im_start|>assistant\n{EXAMPLE[1]}"
                     f"<|im_end|>\n<|im_start|>user\n{row['question']}{DEFAULT_INSTRUCTION}<|im_end|>\n<|im_start|>assistant\n")
-    negative = tok.decode(gcpo.negative_prompt(tok, row, gcpo.GCPOConfig(model=NAME)))
+    negative = tok.decode(gcpo.negative_prompt_ids(tok, row, gcpo.GCPOConfig(model=NAME)))
     before, _, after = negative.rpartition("<|im_start|>user\n")
     assert before == text.rpartition("<|im_start|>user\n")[0]  # x and x- differ in the last question alone
     assert after.startswith(row["question"] + DEFAULT_INSTRUCTION + gcpo.REFERENCE_WRONG_ANSWER)
-    blank = tok.decode(gcpo.negative_prompt(tok, row, gcpo.GCPOConfig(model=NAME, negative="empty_prompt")))
+    blank = tok.decode(gcpo.negative_prompt_ids(tok, row, gcpo.GCPOConfig(model=NAME, negative="empty_prompt")))
     assert not any(c.isdigit() for c in blank.rpartition("<|im_start|>user\n")[2])
 
 
@@ -106,8 +106,8 @@ def test_the_per_role_pass_gives_the_whole_gaps_the_checks_report(smollm2):
     nats, wins = diagnostics.hint_contrast(model, tok, rows, cfg, cepo.hint_ids)
     assert gaps.mean().item() == pytest.approx(nats, abs=1e-4) and (gaps > 0).float().mean().item() == wins
     assert set(by_role) <= set(WORD_ROLES) and "answer" in by_role
-    gaps, _ = diagnostics.contrast_by_role(model, tok, rows, prompts, [gcpo.negative_prompt(tok, r, neg) for r in rows], neg)
-    assert gaps.mean().item() == pytest.approx(diagnostics.negative_contrast(model, tok, rows, neg, gcpo.negative_prompt),
+    gaps, _ = diagnostics.contrast_by_role(model, tok, rows, prompts, [gcpo.negative_prompt_ids(tok, r, neg) for r in rows], neg)
+    assert gaps.mean().item() == pytest.approx(diagnostics.negative_contrast(model, tok, rows, neg, gcpo.negative_prompt_ids),
                                                abs=1e-4)
 
 

@@ -170,7 +170,7 @@ def test_gcpo_hands_trl_our_token_advantages(warm, tmp_path, norm):
     prompts = [p[m.bool()].tolist() for p, m in zip(out["prompt_ids"], out["prompt_mask"])]
     cfg = dataclasses.replace(t.method, instruction="")  # the fixture's prompts are the bare question
     for i in live:
-        negative = gcpo.negative_prompt(warm[1], warm[2][i // G], cfg)  # x- as our loop builds it
+        negative = gcpo.negative_prompt_ids(warm[1], warm[2][i // G], cfg)  # x- as our loop builds it
         pos = own_logprobs(t, prompts[i], out["completion_ids"][i], mask[i])
         neg = own_logprobs(t, negative, out["completion_ids"][i], mask[i])
         expected = gcpo_token_advantages(A[i:i + 1], pos[None], neg[None], mask[i:i + 1].float(), norm)
@@ -425,7 +425,7 @@ def test_two_processes_decide_per_group_as_one_does(warm, tmp_path):
 @pytest.mark.parametrize("negative", ["wrong_answer", "empty_prompt"])
 def test_gcpo_negative_prompt_is_our_loops_in_every_prompt_form(negative):
     """x- in each prompt form TRL takes, tokenized as TRL tokenizes that form, equals gcpo.py's x-
-    (gcpo.negative_prompt) of the same question and instruction: a user turn, one with a system
+    (gcpo.negative_prompt_ids) of the same question and instruction: a user turn, one with a system
     turn before it (kept), one whose content is a list of parts, a string that already holds the
     chat template (the edit stays inside the user turn), and a plain string on a tokenizer without
     a template (data.prompt_ids' form, its final newline kept last). 'empty_prompt' keeps the
@@ -435,7 +435,7 @@ def test_gcpo_negative_prompt_is_our_loops_in_every_prompt_form(negative):
     plain.chat_template = None
     row, instruction = {"question": "What is 2+3?"}, " Think, then answer after '####'."
     cfg = gcpo.GCPOConfig(model="trl", negative=negative, instruction=instruction)
-    ours = gcpo.negative_prompt(tokenizer, row, cfg)
+    ours = gcpo.negative_prompt_ids(tokenizer, row, cfg)
     content = row["question"] + instruction
 
     def chat(messages):
@@ -453,7 +453,7 @@ def test_gcpo_negative_prompt_is_our_loops_in_every_prompt_form(negative):
     templated = tokenizer.decode(prompt_ids(tokenizer, row["question"], instruction))
     assert tokenizer(x_minus(templated)).input_ids == ours
     text = plain.decode(prompt_ids(plain, row["question"], instruction))
-    assert text.endswith("\n") and plain(x_minus(text, plain)).input_ids == gcpo.negative_prompt(plain, row, cfg)
+    assert text.endswith("\n") and plain(x_minus(text, plain)).input_ids == gcpo.negative_prompt_ids(plain, row, cfg)
     if negative == "empty_prompt":
         with pytest.raises(ValueError, match="question_column="):
             negative_messages(templated, cfg, None)
