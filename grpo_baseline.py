@@ -224,8 +224,8 @@ METHOD = {"credit": grpo_credit, "loss_fn": grpo_loss}
 # =============================================================================================
 def update(model, optimizer, batch, token_adv, cfg, loss_fn=grpo_loss, recredit=None):
     """num_iterations PPO epochs of num_mini_batches optimizer steps; a mini-batch with a non-finite
-    loss or gradient is skipped and counted. Seam 5, recredit(indices) -> (n, L): the credit under
-    the current policy, for every mini-batch after the first."""
+    loss or gradient is skipped and counted. recredit(indices) -> (n, L), seam 5 bound to this batch:
+    the credit under the current policy, for every mini-batch after the first."""
     N = len(batch.rows)
     size = N // cfg.num_mini_batches
     # log pi_old: batch.old_logp if scored before the update. Else (one optimizer step, the default)
