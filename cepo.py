@@ -8,7 +8,7 @@ rollout of the same group (`--teacher rlsd`: P- is the student's own pi_old, arX
   (2.1) Δ_t = sg(log P+_t - log P-_t),  P±_t = pi(y_t | x, hint(r±), y_<t)
   (2.2) w_t = clip(exp(sign(A_i) Δ_t), 1 - eps_w, 1 + eps_w)
   (2.3) Â_{i,t} = A_i ((1 - λ) + λ w_t) m_{i,t}, computed as A_i (1 + λ (w_t - 1)): exactly A_i where w_t = 1
-  (2.4) λ_s = λ0 max(0, 1 - (s - 1) / W) at RL step s = 1, 2, ...
+  (2.4) λ_s = λ0 max(0, 1 - (s - 1) / W) at RL step s = 1, 2, ...; at λ = 0 no teacher runs
 """
 import functools
 from dataclasses import dataclass
@@ -93,7 +93,8 @@ def teacher_logprobs(model, tokenizer, contexts, completion_ids, completion_mask
 
 
 def cepo_credit(batch, model, tokenizer, cfg, step):
-    """The credit seam. Teachers score only the responses they can change: A != 0, in a group with an r-."""
+    """The credit seam. Teachers score the responses with A != 0 whose group has an r- that fits the
+    context (every A != 0 under --teacher rlsd)."""
     lam = lambda_at(step, cfg)
     token_adv = gb.grpo_token_advantages(batch.advantages, batch.completion_mask)
     G = batch.group_size
@@ -130,8 +131,8 @@ def hint_preflight(model, tokenizer, eval_rows, cfg):
 
 
 def hinted_prompts(tokenizer, rows, prompts, cfg):
-    """The contexts seam: each prompt + the longer of its right and its hint check's wrong hint
-    (diagnostics.wrong_hint), for the job's check that these fit the model's context."""
+    """The contexts seam: each prompt + the longer of its r+ hint and the hint check's wrong-answer
+    hint (diagnostics.wrong_hint), which the job checks with a response against the model's context."""
     hints = ((hint_ids(tokenizer, r["answer"], cfg), hint_ids(tokenizer, diagnostics.wrong_hint(r["answer"]), cfg))
              for r in rows)
     return "CEPO's prompt + answer hint (--hint_template)", [p + max(h, key=len) for p, h in zip(prompts, hints)]

@@ -8,7 +8,8 @@ tokens where the two disagree most. Against grpo_baseline.py it replaces the cre
   (1.1) lp+_t = log pi_old(y_t | x, y_<t)
   (1.2) lp-_t = log pi(y_t | x-, y_<t)
   (1.3) d_t = min(10, e^u - u - 1),  u = clamp(lp-_t - lp+_t, -20, 20)
-  (1.4) "hist": w_t = (rank of d_t in its response / n)^HIST_ALPHA, normalised to mean 1
+  (1.4) "hist": w_t = (rank of d_t in its response / n)^HIST_ALPHA (ties: their average rank),
+        normalised to mean 1
   (1.5) Â_{i,t} = A_i * w_{i,t} * m_{i,t}
 """
 import math
