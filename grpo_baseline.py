@@ -222,6 +222,11 @@ METHOD = {"credit": grpo_credit, "loss_fn": grpo_loss}
 # =============================================================================================
 # 4. Update: PPO epochs over the rolled-out batch.
 # =============================================================================================
+def several_optimizer_steps(cfg):
+    """More than one optimizer step per update: log pi_old must be scored before it."""
+    return cfg.num_iterations * cfg.num_mini_batches > 1
+
+
 def update(model, optimizer, batch, token_adv, cfg, loss_fn=grpo_loss, recredit=None):
     """num_iterations PPO epochs of num_mini_batches optimizer steps; a mini-batch with a non-finite
     loss or gradient is skipped and counted. recredit(indices) -> (n, L), seam 5 bound to this batch:
@@ -231,7 +236,7 @@ def update(model, optimizer, batch, token_adv, cfg, loss_fn=grpo_loss, recredit=
     # log pi_old: batch.old_logp if scored before the update. Else (one optimizer step, the default)
     # pi_old is the policy as it stands, and this pass, detached, is log pi_old: one pass fewer, as TRL.
     own_pass = batch.old_logp is None
-    if own_pass and cfg.num_iterations * cfg.num_mini_batches > 1:  # the policy moves after the first step
+    if own_pass and several_optimizer_steps(cfg):  # the policy moves after the first step
         raise ValueError("score log pi_old (score_pi_old) before an update of several optimizer steps")
     own_logp, own_entropy = [], []  # with own_pass: kept for the metrics
     logs, skipped, first = [], 0, True
@@ -290,8 +295,7 @@ def grpo_step(job, rows, prompts, more_prompts, step, cfg, credit=grpo_credit, l
     model, tokenizer = job.model, job.tokenizer
     batch, times, stats = rollout(model, tokenizer, rows, prompts, cfg, job.device, job.ref_model, edit_rollouts,
                                   more_prompts)  # responses, rewards (seam 2 edits them), A_i
-    several_steps = cfg.num_iterations * cfg.num_mini_batches > 1
-    if reads_pi_old(cfg) or several_steps:  # log pi_old scored here; else the update's own pass gives it
+    if reads_pi_old(cfg) or several_optimizer_steps(cfg):  # log pi_old scored here; else the update's own pass gives it
         batch.old_logp, batch.entropy = score_pi_old(model, batch, cfg, times)
     t0 = time.perf_counter()
     token_adv, credit_stats = credit(batch, model, tokenizer, cfg, step)  # seam 3

@@ -102,9 +102,9 @@ def run_in(run, cfg, device, one_step, preflight, contexts):
                     "eval_acc": evaluate(model, tokenizer, eval_rows, cfg, device, instruction, task_reward(cfg))})
     bar = tqdm(range(start + 1, cfg.max_steps + 1), desc=os.path.basename(cfg.output_dir), initial=start,
                total=cfg.max_steps, file=sys.stdout)
+    data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
     for step in bar:
         def prompts_of_round(round):  # round 0: this step's prompts; later ones: more, for dynamic sampling
-            data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
             idx = step_prompts(step, cfg.prompts_per_step, len(train_rows), data_seed + 1000003 * round)
             return [train_rows[i] for i in idx], [prompts[i] for i in idx]
 
