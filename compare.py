@@ -57,7 +57,7 @@ from benchmark import controls, mc_advantage, paired_stats
 from loop import diagnostics
 from loop.checkpoint import make_dir
 from loop.data import evaluate, prompt_ids, resolve_instruction
-from loop.embedded_task import ROLE_NAMES, load_task, make_arithmetic_task, warm_start
+from loop.embedded_task import ROLE_NAMES, load_task, make_arithmetic_task, task_reward, warm_start
 from loop.language_model import first_line, load_policy
 from loop.options import parse_config
 from loop.report import PHASES, credit_examples, phase_means, plot_curves, read_metrics, render_credit_html, render_credit_png
@@ -141,7 +141,7 @@ def check_warm_start(cfg, out):
     model, tokenizer = load_policy(cfg.model or warm_start(cfg, train_rows, eval_rows, device), cfg, device)
     rows, cepo_cfg = eval_rows[:100], cepo.CEPOConfig(**vars(cfg))
     checks = {"seed": cfg.warm_start_seed, "start_acc": evaluate(model, tokenizer, eval_rows, cfg, device,
-                                                                 resolve_instruction(cfg), gb.task_reward(cfg))}
+                                                                 resolve_instruction(cfg), task_reward(cfg))}
     negatives = {n: gcpo.GCPOConfig(**vars(cfg), negative=n) for n in ("wrong_answer", "empty_prompt")}
     if not cfg.model:
         checks["hint_contrast_nats"] = diagnostics.hint_contrast(model, tokenizer, rows, cepo_cfg, cepo.hint_ids)[0]
@@ -645,7 +645,7 @@ def mc_agreement(arms, runs, budget, warm_starts, sample, device, options=None):
     for w in warm_starts[:n_warm]:
         cfg = gb.GRPOConfig(**budget, warm_start_seed=w)
         train_rows, eval_rows = load_task(cfg)
-        reward = gb.task_reward(cfg)
+        reward = task_reward(cfg)
         model, tokenizer = load_policy(warm_start(cfg, train_rows, eval_rows, device), cfg, device)
         batches, block = [], 0  # (batch, the first A != 0 response of each group that has one)
         while sum(len(p) for _, p in batches) < prompts:
