@@ -364,15 +364,15 @@ def interval(m, key, signed=False):
 def table(arms, checks):
     n = len(next(iter(arms.values()))["runs"])
     rows = [f"| arm | AUC [95% t] | AUC − GRPO's, paired [95% t] | 90% (TOST) | p sign-flip (Holm) | MDE t / Holm | "
-            f"final acc [95% t] | steps to +{TARGET_GAIN} | references (tokens) per run | s/step | vs GRPO | peak MB |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            f"final acc [95% t] | plateau [95% t] | steps to +{TARGET_GAIN} | references (tokens) per run | s/step | vs GRPO | "
+            "peak MB |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, m in arms.items():
         p = "—" if name == "grpo" else f"{m['p_sign_flip']:.3f} ({m['p_holm']:.3f})"
         refs = f"{m['references']:.0f} ({m['reference_tokens']:.0f})" if m["references"] else "0"
         tost = "—" if name == "grpo" or not m["tost90"] else bounds(m["tost90"], True)
         mdes = "—" if name == "grpo" else f"{fmt(m['mde'])} / {fmt(m['mde_holm'])}"
         rows.append(f"| {name} | {interval(m, 'auc')} | {interval(m, 'auc_diff_vs_grpo', True)} | {tost} | {p} | "
-                    f"{mdes} | {interval(m, 'final_acc')} | "
+                    f"{mdes} | {interval(m, 'final_acc')} | {interval(m, 'plateau')} | "
                     f"{m['steps_to_target']:.1f} ({m['reached_target']}/{n} reached) | {refs} | {m['sec_per_step']:.3f} | "
                     f"{m['vs_grpo']:.2f}x | {m['peak_mem_mb']:.0f} |")
     if "credit_by_word_role" in next(iter(arms.values())):

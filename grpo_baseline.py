@@ -4,17 +4,17 @@ A run, step by step; a method file replaces the seams (n), numbered in run order
 METHOD dict. The job runs (0) and (1) once, before step 1; grpo_step runs the rest every step:
 
     (0) contexts          the token ids a method scores a response under instead of its prompt
-                          (GCPO's x-, CEPO's prompt + hint), so the job checks they fit the context
+                          (GCPO's negative prompt, CEPO's prompt + hint): the job checks they fit
     (1) preflight         CEPO: does the model read its hints?
-    prompts               B per step, a pure function of (seed, step)          loop.job.step_prompts
+    prompts               B per step, a pure function of (seed, step): the job's, step_prompts
     responses, rewards    G samples per prompt, rewarded 0/1                   sample
     (2) edit_rollouts     each group as drawn (Gold: a reference joins an all-wrong group)
     A_i                   group-normalised rewards                             (0.1)
-    log pi_old            scored here, or taken from the update's own pass     score_pi_old
+    log pi_old            scored here if reads_pi_old(cfg) (the credit reads it) or the update
+                          takes several optimizer steps; else the update's own pass   score_pi_old
     (3) credit -> Â       GRPO: A_i on every token (0.2); GCPO, CEPO vary it by token
     (4) loss_fn           PPO-clip (0.3)-(0.4); Gold: a sequence ratio; GCPO: + its entropy term
-    (5) recredit          GCPO: Â again for each mini-batch after the first, when there are several
-    reads_pi_old(cfg)     does the credit read log pi_old? then it is scored before the update
+    (5) recredit          GCPO: Â again for each optimizer step after the first
 
 The job around the step (run directory, resume, evaluations, checkpoints, its options) is
 loop/job.py's.
@@ -157,7 +157,8 @@ def grpo_token_advantages(advantages, mask):
 
 
 def policy_loss(logp, old_logp, advantages, mask, clip_low=0.2, clip_high=0.28, agg="token-mean", normalizer=None):
-    """PPO-clip with clip-higher, (0.3)-(0.4); inputs (N, L), advantages per token -> (loss, stats).
+    """PPO-clip with clip-higher, (0.3)-(0.4); inputs (N, L), advantages per token -> (loss, stats:
+    clip_frac, the share of valid tokens where the clip is active, and the ratio's mean and max).
     Padding is excluded with `where`, so NaN or inf there cannot leak in."""
     valid = mask > 0
     log_ratio = torch.where(valid, logp - old_logp, 0.0)  # TRL does not clamp the log-ratio; neither do we
@@ -210,8 +211,8 @@ def several_optimizer_steps(cfg):
 
 def update(model, optimizer, batch, token_adv, cfg, loss_fn=grpo_loss, recredit=None):
     """num_iterations PPO epochs of num_mini_batches optimizer steps; a mini-batch with a non-finite
-    loss or gradient is skipped and counted. recredit(indices) -> (n, L), seam 5 bound to this batch:
-    the credit under the current policy, for every mini-batch after the first."""
+    loss or gradient takes no step (its gradient is zeroed) and is counted. recredit(indices) -> (n, L), seam 5 bound to this batch:
+    the credit under the current policy, for every optimizer step after the first."""
     N = len(batch.rows)
     size = N // cfg.num_mini_batches
     # log pi_old: batch.old_logp if scored before the update. Else (one optimizer step, the default)
