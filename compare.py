@@ -32,6 +32,7 @@ ceiling study also against a Monte-Carlo token advantage on fixed responses (mc_
 import argparse
 import contextlib
 import gzip
+import hashlib
 import io
 import json
 import math
@@ -56,7 +57,7 @@ from benchmark import controls, mc_advantage, paired_stats
 from loop import diagnostics
 from loop.checkpoint import make_dir
 from loop.data import evaluate, prompt_ids, resolve_instruction
-from loop.embedded_task import ROLE_NAMES, load_task, warm_start
+from loop.embedded_task import ROLE_NAMES, load_task, make_arithmetic_task, task_reward, warm_start
 from loop.language_model import first_line, load_policy
 from loop.options import parse_config
 from loop.report import PHASES, credit_examples, phase_means, plot_curves, read_metrics, render_credit_html, render_credit_png
@@ -95,11 +96,12 @@ PRESETS = {  # warm starts, RL seeds, arms, budget overrides, results folder
 TASKS = {"default": "chain", "full": "chain", "quick": "chain", "real": "words", "ceiling": "chain"}  # each summary's task
 # The ceiling study (--ceiling), fixed before its runs: pilots on warm starts of their own run every arm
 # at every learning rate (the soft oracle also at every β); each arm then runs at its options with the
-# highest mean pilot AUC (ties: the first in grid order). The oracle with the highest AUC over GRPO's
-# is run again at other chain lengths beside GRPO. An arm is equivalent to GRPO when its 90%
-# interval lies within ±EQUIVALENCE_MARGIN.
+# highest mean pilot AUC (ties: the first in grid order). The oracle with the highest pilot AUC at
+# its options is run again at other chain lengths beside GRPO. An arm is equivalent to GRPO when its
+# 90% interval lies within ±EQUIVALENCE_MARGIN. 3 operands is not a length: 10^3 distinct problems
+# cannot fill 4,000 training and 1,000 held-out ones (check_sweep_lengths refuses it before any run).
 CEILING = {"pilot_warm_starts": [100, 101], "learning_rates": [3e-5, 1e-4, 2e-4], "decided_weights": [1.0, 4.0, 16.0],
-           "oracles": ["value_oracle", "soft_oracle", "oracle"], "operands": [3, 5, 6], "sweep_warm_starts": list(range(6))}
+           "oracles": ["value_oracle", "soft_oracle", "oracle"], "operands": [5, 6], "sweep_warm_starts": list(range(6))}
 EQUIVALENCE_MARGIN = 0.02
 MC_SAMPLE = {"ceiling": (4, 13, 64), "quick": (1, 2, 4)}  # warm starts, prompts per warm start, continuations per prefix
 # Gold's own defaults (sequence ratio, seq-mean-token-mean, GSPO's clip) also change the loss of every
@@ -139,7 +141,7 @@ def check_warm_start(cfg, out):
     model, tokenizer = load_policy(cfg.model or warm_start(cfg, train_rows, eval_rows, device), cfg, device)
     rows, cepo_cfg = eval_rows[:100], cepo.CEPOConfig(**vars(cfg))
     checks = {"seed": cfg.warm_start_seed, "start_acc": evaluate(model, tokenizer, eval_rows, cfg, device,
-                                                                 resolve_instruction(cfg), gb.task_reward(cfg))}
+                                                                 resolve_instruction(cfg), task_reward(cfg))}
     negatives = {n: gcpo.GCPOConfig(**vars(cfg), negative=n) for n in ("wrong_answer", "empty_prompt")}
     if not cfg.model:
         checks["hint_contrast_nats"] = diagnostics.hint_contrast(model, tokenizer, rows, cepo_cfg, cepo.hint_ids)[0]
@@ -362,15 +364,15 @@ def interval(m, key, signed=False):
 def table(arms, checks):
     n = len(next(iter(arms.values()))["runs"])
     rows = [f"| arm | AUC [95% t] | AUC − GRPO's, paired [95% t] | 90% (TOST) | p sign-flip (Holm) | MDE t / Holm | "
-            f"final acc [95% t] | steps to +{TARGET_GAIN} | references (tokens) per run | s/step | vs GRPO | peak MB |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            f"final acc [95% t] | plateau [95% t] | steps to +{TARGET_GAIN} | references (tokens) per run | s/step | vs GRPO | "
+            "peak MB |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, m in arms.items():
         p = "—" if name == "grpo" else f"{m['p_sign_flip']:.3f} ({m['p_holm']:.3f})"
         refs = f"{m['references']:.0f} ({m['reference_tokens']:.0f})" if m["references"] else "0"
         tost = "—" if name == "grpo" or not m["tost90"] else bounds(m["tost90"], True)
         mdes = "—" if name == "grpo" else f"{fmt(m['mde'])} / {fmt(m['mde_holm'])}"
         rows.append(f"| {name} | {interval(m, 'auc')} | {interval(m, 'auc_diff_vs_grpo', True)} | {tost} | {p} | "
-                    f"{mdes} | {interval(m, 'final_acc')} | "
+                    f"{mdes} | {interval(m, 'final_acc')} | {interval(m, 'plateau')} | "
                     f"{m['steps_to_target']:.1f} ({m['reached_target']}/{n} reached) | {refs} | {m['sec_per_step']:.3f} | "
                     f"{m['vs_grpo']:.2f}x | {m['peak_mem_mb']:.0f} |")
     if "credit_by_word_role" in next(iter(arms.values())):
@@ -544,7 +546,7 @@ def ceiling_report(grid, pilots, arms, sweeps, histories):
     chosen options and its pilots' AUC, the best oracle over GRPO, and the chain-length sweep, whose
     default length is the confirmatory runs (histories) of its warm starts."""
     chosen = choose(grid, pilots)
-    best = best_oracle(arms)
+    best = best_oracle(chosen)
     default = {a: {(w, s): h for (w, s), h in histories[a].items() if w in CEILING["sweep_warm_starts"]} for a in ("grpo", best)}
     sweep, trend = operand_sweep({**sweeps, gb.GRPOConfig.task_operands: default}, best)
     text = ["", f"Options chosen on the pilot warm starts {CEILING['pilot_warm_starts']} (mean pilot AUC of each):", "",
@@ -565,9 +567,24 @@ def ceiling_report(grid, pilots, arms, sweeps, histories):
             "\n".join(text) + "\n")
 
 
-def best_oracle(arms):
-    """The ceiling candidate (CEILING["oracles"]) among the arms with the highest AUC over GRPO's."""
-    return max((a for a in CEILING["oracles"] if a in arms), key=lambda a: arms[a]["auc_diff_vs_grpo"])
+def best_oracle(chosen):
+    """The ceiling candidate: the oracle (CEILING["oracles"]) with the highest mean pilot AUC at its
+    chosen options (choose's). Decided on the pilots, as every other choice is: picked on the
+    confirmatory runs, its winner's luck would also sit in the sweep's 4-operand point."""
+    return max((a for a in CEILING["oracles"] if a in chosen), key=lambda a: chosen[a]["pilot_auc"][chosen[a]["label"]])
+
+
+def check_sweep_lengths(budget):
+    """Before any run: at each chain length of the sweep the task builds (enough distinct problems)
+    and its longest reference solution, one token per character and the end token, fits
+    max_completion_length; else a ValueError naming the length."""
+    for k in CEILING["operands"]:
+        cfg = gb.GRPOConfig(**budget, task_operands=k)
+        task = make_arithmetic_task(cfg)
+        longest = max(len(answer) for split in task.values() for answer in split["answer"]) + 1
+        if longest > cfg.max_completion_length:
+            raise ValueError(f"--task_operands {k}: a reference solution takes {longest} tokens, more than "
+                             f"--max_completion_length {cfg.max_completion_length}")
 
 
 def read_histories(runs):
@@ -586,7 +603,7 @@ def run_ceiling(arms, warm_starts, seeds, runs_dir, jobs, budget):
     chosen = choose(grid, pilots)
     variants = {a: (a, chosen[a]["options"]) for a in arms}
     checks, runs = run_all(arms, warm_starts, seeds, runs_dir, jobs, budget, variants=variants)
-    best = best_oracle(aggregate(read_histories(runs)))
+    best = best_oracle(chosen)
     sweeps = {}
     for k in CEILING["operands"]:
         _, sweep_runs = run_all(["grpo", best], CEILING["sweep_warm_starts"], seeds, os.path.join(runs_dir, f"operands{k}"),
@@ -611,7 +628,7 @@ def informative_batch(model, tokenizer, train_rows, cfg, device, tries=20, first
     return batch, k
 
 
-def mc_agreement(arms, runs, budget, warm_starts, sample, device):
+def mc_agreement(arms, runs, budget, warm_starts, sample, device, options=None):
     """Each arm's token credit Â against the Monte-Carlo token advantage A_MC = V(s_{t+1}) - V(s_t)
     (mc_advantage) on one fixed set of responses: from each warm start, one response with A != 0 of
     each of `prompts` prompts, sampled by the warm start. At the start, every arm's credit and A_MC
@@ -620,14 +637,15 @@ def mc_agreement(arms, runs, budget, warm_starts, sample, device):
     continuations per prefix K). Also the exact A^π of the value oracle (controls.chain_advantages)
     against A_MC at the start: how far the ceiling's critic is from the truth it stands for.
     Returns ({arm: {"start": pooled, "end": pooled}}, value check), each pooled over the responses
-    with 95% bootstrap intervals over prompts (pooled_agreement)."""
+    with 95% bootstrap intervals over prompts (pooled_agreement). options: {arm: the options its runs
+    were chosen at (the ceiling's; a learning rate changes no credit)}, so each credit is the one trained."""
     n_warm, prompts, continuations = sample
     rows = {a: {"start": [], "end": []} for a in arms}
     exact = []
     for w in warm_starts[:n_warm]:
         cfg = gb.GRPOConfig(**budget, warm_start_seed=w)
         train_rows, eval_rows = load_task(cfg)
-        reward = gb.task_reward(cfg)
+        reward = task_reward(cfg)
         model, tokenizer = load_policy(warm_start(cfg, train_rows, eval_rows, device), cfg, device)
         batches, block = [], 0  # (batch, the first A != 0 response of each group that has one)
         while sum(len(p) for _, p in batches) < prompts:
@@ -650,7 +668,8 @@ def mc_agreement(arms, runs, budget, warm_starts, sample, device):
                 errors = mc_advantage.mc_standard_errors(values, mask, continuations)
                 for name in names:
                     batch.scored_under = None
-                    token_adv, _ = ARMS[name][2]["credit"](batch, model, tokenizer, method_config(name, **budget), 1)
+                    token_adv, _ = ARMS[name][2]["credit"](batch, model, tokenizer,
+                                                           method_config(name, **budget, **(options or {}).get(name, {})), 1)
                     rows[name][when] += [(token_adv[i], mc[k], mask[k], errors[k]) for k, i in enumerate(picks)]
                 if when == "start":
                     truth, _ = controls.chain_advantages(batch, model, tokenizer, cfg, 1)
@@ -661,6 +680,24 @@ def mc_agreement(arms, runs, budget, warm_starts, sample, device):
             judge(load_policy(os.path.join(out, "final"), cfg, device)[0], [name], "end")
     return ({name: {when: pooled_agreement(rs) for when, rs in by.items()} for name, by in rows.items()},
             pooled_agreement(exact))
+
+
+def kept(path, key, compute):
+    """compute()'s value, kept in path (JSON) with the sha256 of key and read back while key is the
+    same (the arms, options and the runs' every metric), so a study stopped after its Monte-Carlo
+    stage does not redo it, and a run done again never meets a stale one."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    try:
+        with open(path) as f:
+            old = json.load(f)
+        if old["key"] == digest:
+            return old["value"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    value = compute()
+    with open(path, "w") as f:
+        json.dump({"key": digest, "value": value}, f)
+    return value
 
 
 def pooled_agreement(rows, resamples=2000):
@@ -757,7 +794,8 @@ def report(results_dir, preset, arms, checks, budget, seeds, mc, minutes, value_
     if value_check:
         task["mc_value_check"] = value_check
         text += ("- the value oracle's exact A^π against A_MC at the start: correlation "
-                 f"{fmt(value_check['corr'], True)} {bounds(value_check['corr_ci'], True)}, sign agreement "
+                 f"{fmt(value_check['corr'], True)}" + (f" {bounds(value_check['corr_ci'], True)}" if value_check["corr_ci"] else "")
+                 + ", sign agreement "
                  f"{fmt(value_check['sign_agreement'])} on {value_check['decided_tokens']} decided tokens\n")
     if ceiling:
         task["ceiling"] = ceiling[0]
@@ -917,6 +955,11 @@ def main():
     if preset == "ceiling" and not set(arms) & set(CEILING["oracles"]):
         parser.error(f"--arms: the ceiling study needs one of {', '.join(CEILING['oracles'])} (its chain-length sweep runs the best)")
     budget = {**BUDGET, **overrides}
+    if preset == "ceiling":
+        try:  # a chain length that cannot be built would stop the study hours in
+            check_sweep_lengths(budget)
+        except ValueError as e:
+            parser.error(f"the ceiling study's chain-length sweep: {e}")
     # the default's runs are --full's first ones (same budget, seeds and warm starts): one folder, reused
     results_dir = os.path.normpath(os.path.join(args.results_dir, folder))
     runs_dir = os.path.join(results_dir, "runs") if preset == "real" else \
@@ -935,21 +978,25 @@ def main():
     histories = read_histories(runs)
     summary = aggregate(histories)
     device = torch.device("cpu")
-    mc, value_check = {}, None
-    if preset in MC_SAMPLE:  # the words task has no exact token values; K continuations per prefix of a 135M model do not fit
-        print("Monte-Carlo agreement (fixed responses, at the warm start and at each arm's end)...", flush=True)
-        mc, value_check = mc_agreement(arms, runs, budget, warm_starts, MC_SAMPLE[preset], device)
     os.makedirs(results_dir, exist_ok=True)
-    ceiling = None
+    write_metrics(os.path.join(results_dir, "metrics.jsonl.gz"), histories)  # first: what the runs made is kept
+    ceiling, options = None, None
     if preset == "ceiling":
         write_metrics(os.path.join(results_dir, "pilot_metrics.jsonl.gz"), pilots)
         for k, hs in sweeps.items():
             write_metrics(os.path.join(results_dir, f"operands{k}_metrics.jsonl.gz"), hs)
         ceiling = ceiling_report(grid, pilots, summary, sweeps, histories)
+        options = {a: {k: v for k, v in c["options"].items() if k != "learning_rate"} for a, c in ceiling[0]["chosen"].items()}
+    mc, value_check = {}, None
+    if preset in MC_SAMPLE:  # the words task has no exact token values; K continuations per prefix of a 135M model do not fit
+        print("Monte-Carlo agreement (fixed responses, at the warm start and at each arm's end)...", flush=True)
+        key = [arms, MC_SAMPLE[preset], warm_starts, options, budget,
+               [[a, w, s, h] for a, hs in sorted(histories.items()) for (w, s), h in sorted(hs.items())]]
+        mc, value_check = kept(os.path.join(results_dir, "mc.json"), key,
+                               lambda: mc_agreement(arms, runs, budget, warm_starts, MC_SAMPLE[preset], device, options))
     credit_pictures(os.path.join(results_dir, "credit_smollm2" if preset == "real" else "credit_embedded"),
                     gb.GRPOConfig(**budget, warm_start_seed=warm_starts[0]), device)
     plot_curves({a: list(hs.values()) for a, hs in histories.items()}, os.path.join(results_dir, "curves.png"))
-    write_metrics(os.path.join(results_dir, "metrics.jsonl.gz"), histories)
     minutes = (time.time() - start) / 60
     text = report(results_dir, preset, summary, checks, budget, seeds, mc, minutes, value_check, ceiling)
     print(text + f"\n{len(warm_starts) * len(seeds)} units and {sum(map(len, runs.values()))} runs in {minutes:.1f} min; "

@@ -4,35 +4,34 @@ A run, step by step; a method file replaces the seams (n), numbered in run order
 METHOD dict. The job runs (0) and (1) once, before step 1; grpo_step runs the rest every step:
 
     (0) contexts          the token ids a method scores a response under instead of its prompt
-                          (GCPO's x-, CEPO's prompt + hint), so the job checks they fit the context
+                          (GCPO's negative prompt, CEPO's prompt + hint): the job checks they fit
     (1) preflight         CEPO: does the model read its hints?
-    prompts               B per step, a pure function of (seed, step)          loop.job.step_prompts
+    prompts               B per step, a pure function of (seed, step): the job's, step_prompts
     responses, rewards    G samples per prompt, rewarded 0/1                   sample
     (2) edit_rollouts     each group as drawn (Gold: a reference joins an all-wrong group)
     A_i                   group-normalised rewards                             (0.1)
-    log pi_old            scored here, or taken from the update's own pass     score_pi_old
+    log pi_old            scored here if reads_pi_old(cfg) (the credit reads it) or the update
+                          takes several optimizer steps; else the update's own pass   score_pi_old
     (3) credit -> Â       GRPO: A_i on every token (0.2); GCPO, CEPO vary it by token
     (4) loss_fn           PPO-clip (0.3)-(0.4); Gold: a sequence ratio; GCPO: + its entropy term
-    (5) recredit          GCPO: Â again for each mini-batch after the first, when there are several
-    reads_pi_old(cfg)     does the credit read log pi_old? then it is scored before the update
+    (5) recredit          GCPO: Â again for each optimizer step after the first
 
 The job around the step (run directory, resume, evaluations, checkpoints, its options) is
 loop/job.py's.
 """
 import functools
-import math
-import time
 from dataclasses import dataclass
 
 import torch
 
-from loop.data import DataOptions, finite_rewards
-from loop.diagnostics import step_metrics
+from loop.data import DataOptions
+from loop.diagnostics import clip_stats, step_metrics
 from loop.dynamic_sampling import resample_informative
-from loop.embedded_task import TaskOptions, task_reward
-from loop.job import JobOptions, run_cli, run_job
+from loop.embedded_task import TaskOptions, verified_rewards
+from loop.job import JobOptions, run_cli, run_job, step_if_finite
 from loop.language_model import completion_logprobs, generate, pad_batch
 from loop.options import check_options, opt
+from loop.report import timed
 
 
 # =============================================================================================
@@ -91,58 +90,47 @@ class Rollouts:
     scored_under: list = None      # (N,) what a credit scored each response under, for the report
 
 
-def sample(model, tokenizer, rows, prompts, cfg, device, stats):
-    """G responses per prompt and their rewards; rows and prompts come back repeated G times."""
+def sample(model, tokenizer, rows, prompts, cfg, device, stats, edit_rollouts=None):
+    """G responses per prompt, rewarded -> (rows, prompts, ids, mask, texts, rewards, sampled), rows
+    and prompts repeated G times. Seam 2, edit_rollouts(rows, ids, mask, texts, rewards, tokenizer,
+    cfg) -> (ids, mask, texts, rewards, sampled, counts), edits each group as drawn (Gold)."""
     G = cfg.num_generations
     rows, prompts = [r for r in rows for _ in range(G)], [p for p in prompts for _ in range(G)]
-    completion_ids, mask, texts = generate(model, tokenizer, prompts, cfg, device)
-    reward_of = task_reward(cfg)
-    checked = [reward_of(t, r) for t, r in zip(texts, rows)]
-    stats["verify_timeouts"] = stats.get("verify_timeouts", 0) + sum(timed_out for _, timed_out in checked)
-    rewards = torch.tensor(finite_rewards([reward for reward, _ in checked]), device=device)
-    return rows, prompts, completion_ids, mask, texts, rewards
+    ids, mask, texts = generate(model, tokenizer, prompts, cfg, device)
+    rewards = torch.tensor(verified_rewards(texts, rows, cfg, stats), device=device)
+    sampled = torch.ones_like(rewards, dtype=torch.bool)
+    if edit_rollouts is not None:
+        ids, mask, texts, rewards, sampled, counts = edit_rollouts(rows, ids, mask, texts, rewards, tokenizer, cfg)
+        stats.update({k: stats.get(k, 0) + v for k, v in counts.items()})  # summed over sampling rounds
+    return rows, prompts, ids, mask, texts, rewards, sampled
 
 
 def rollout(model, tokenizer, rows, prompts, cfg, device, ref_model, edit_rollouts=None, more_prompts=None):
     """Sample, reward and baseline one step's groups -> (Rollouts, seconds per phase, stats).
-    Seam 2: edit_rollouts(rows, ids, mask, texts, rewards, tokenizer, cfg) -> (ids, mask, texts,
-    rewards, sampled, stats). more_prompts(round): --dynamic_sampling's."""
-    G = cfg.num_generations
-    t0 = time.perf_counter()
-    stats = {}
-    def sample_and_edit(rows, prompts):  # edited before dynamic sampling judges the group, as Gold needs
-        rows, prompts, ids, mask, texts, rewards = sample(model, tokenizer, rows, prompts, cfg, device, stats)
-        sampled = torch.ones_like(rewards, dtype=torch.bool)
-        if edit_rollouts is not None:
-            ids, mask, texts, rewards, sampled, edited = edit_rollouts(rows, ids, mask, texts, rewards, tokenizer, cfg)
-            stats.update({k: stats.get(k, 0) + v for k, v in edited.items()})  # summed over sampling rounds
-        return rows, prompts, ids, mask, texts, rewards, sampled
-
-    drawn = sample_and_edit(rows, prompts)
-    if cfg.dynamic_sampling:  # DAPO: resample until enough groups are informative
-        drawn = resample_informative(drawn, sample_and_edit, more_prompts, len(prompts), cfg, tokenizer.pad_token_id, stats)
+    more_prompts(round): --dynamic_sampling's."""
+    stats, times = {}, {"t_generate": 0.0, "t_score": 0.0}
+    draw = functools.partial(sample, model, tokenizer, cfg=cfg, device=device, stats=stats, edit_rollouts=edit_rollouts)
+    with timed(times, "t_generate"):
+        drawn = draw(rows, prompts)
+        if cfg.dynamic_sampling:  # DAPO: resample until enough groups are informative
+            drawn = resample_informative(drawn, draw, more_prompts, len(prompts), cfg, tokenizer.pad_token_id, stats)
     rows, prompts, completion_ids, mask, texts, rewards, sampled = drawn
-    times = {"t_generate": time.perf_counter() - t0, "t_score": 0.0}
-    advantages = group_advantages(rewards, G, scale=cfg.scale_rewards == "group")
+    advantages = group_advantages(rewards, cfg.num_generations, scale=cfg.scale_rewards == "group")  # A_i, (0.1)
     p_ids, p_mask, _, _ = pad_batch(prompts, [[]] * len(prompts), tokenizer.pad_token_id, device)
-    batch = Rollouts(rows, prompts, p_ids, p_mask, completion_ids, mask, texts, rewards, advantages, group_size=G,
-                     sampled=sampled)
+    batch = Rollouts(rows, prompts, p_ids, p_mask, completion_ids, mask, texts, rewards, advantages,
+                     group_size=cfg.num_generations, sampled=sampled)
     if ref_model is not None:  # log pi_ref, for the KL term
-        t = time.perf_counter()
-        batch.ref_logp = completion_logprobs(ref_model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
-                                             batch.completion_mask, cfg.temperature, cfg.micro_batch_size)[0]
-        times["t_score"] += time.perf_counter() - t
+        with timed(times, "t_score"):
+            batch.ref_logp = completion_logprobs(ref_model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
+                                                 batch.completion_mask, cfg.temperature, cfg.micro_batch_size)[0]
     return batch, times, stats
 
 
 def score_pi_old(model, batch, cfg, times=None):
     """log pi_old (N, L), teacher-forced at the sampling temperature without grad, and the entropy."""
-    t = time.perf_counter()
-    out = completion_logprobs(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask,
-                              cfg.temperature, cfg.micro_batch_size, entropy=True)
-    if times is not None:
-        times["t_score"] += time.perf_counter() - t
-    return out
+    with timed(times, "t_score"):
+        return completion_logprobs(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
+                                   batch.completion_mask, cfg.temperature, cfg.micro_batch_size, entropy=True)
 
 
 # =============================================================================================
@@ -169,7 +157,8 @@ def grpo_token_advantages(advantages, mask):
 
 
 def policy_loss(logp, old_logp, advantages, mask, clip_low=0.2, clip_high=0.28, agg="token-mean", normalizer=None):
-    """PPO-clip with clip-higher, (0.3)-(0.4); inputs (N, L), advantages per token -> (loss, stats).
+    """PPO-clip with clip-higher, (0.3)-(0.4); inputs (N, L), advantages per token -> (loss, stats:
+    clip_frac, the share of valid tokens where the clip is active, and the ratio's mean and max).
     Padding is excluded with `where`, so NaN or inf there cannot leak in."""
     valid = mask > 0
     log_ratio = torch.where(valid, logp - old_logp, 0.0)  # TRL does not clamp the log-ratio; neither do we
@@ -177,14 +166,7 @@ def policy_loss(logp, old_logp, advantages, mask, clip_low=0.2, clip_high=0.28, 
     unclipped = ratio * advantages
     clipped = torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * advantages
     per_token = torch.where(valid, -torch.minimum(unclipped, clipped), 0.0)  # (0.4)
-    loss = aggregate(per_token, mask, agg, normalizer)
-    with torch.no_grad():
-        is_clipped = valid & (clipped < unclipped)  # the clip is active: the gradient is 0 here
-        n = valid.sum().clamp(min=1)
-        stats = {"clip_frac": (is_clipped.sum() / n).item(),
-                 "ratio_mean": (torch.where(valid, ratio, 0.0).sum() / n).item(),
-                 "ratio_max": torch.where(valid, ratio, -math.inf).max().item() if valid.any() else 1.0}
-    return loss, stats
+    return aggregate(per_token, mask, agg, normalizer), clip_stats(ratio, valid, clipped < unclipped)
 
 
 def aggregate(per_token, mask, agg, normalizer=None):
@@ -229,8 +211,8 @@ def several_optimizer_steps(cfg):
 
 def update(model, optimizer, batch, token_adv, cfg, loss_fn=grpo_loss, recredit=None):
     """num_iterations PPO epochs of num_mini_batches optimizer steps; a mini-batch with a non-finite
-    loss or gradient is skipped and counted. recredit(indices) -> (n, L), seam 5 bound to this batch:
-    the credit under the current policy, for every mini-batch after the first."""
+    loss or gradient takes no step (its gradient is zeroed) and is counted. recredit(indices) -> (n, L), seam 5 bound to this batch:
+    the credit under the current policy, for every optimizer step after the first."""
     N = len(batch.rows)
     size = N // cfg.num_mini_batches
     # log pi_old: batch.old_logp if scored before the update. Else (one optimizer step, the default)
@@ -239,17 +221,15 @@ def update(model, optimizer, batch, token_adv, cfg, loss_fn=grpo_loss, recredit=
     if own_pass and several_optimizer_steps(cfg):  # the policy moves after the first step
         raise ValueError("score log pi_old (score_pi_old) before an update of several optimizer steps")
     own_logp, own_entropy = [], []  # with own_pass: kept for the metrics
-    logs, skipped, first = [], 0, True
-    for _ in range(cfg.num_iterations):
+    logs, skipped = [], 0
+    for epoch in range(cfg.num_iterations):
         order = torch.randperm(N) if cfg.num_mini_batches > 1 else torch.arange(N)
         for m in range(cfg.num_mini_batches):
             idx = order[m * size:(m + 1) * size].to(batch.completion_mask.device)
-            adv = token_adv[idx] if first or recredit is None else recredit(idx)  # seam 5 after the first step
-            first = False
-            mask = batch.completion_mask[idx]
-            normalizer = mask.sum() if cfg.loss_type == "token-mean" else len(idx)
+            adv = recredit(idx) if recredit and (epoch, m) != (0, 0) else token_adv[idx]  # seam 5 after the first step
+            normalizer = batch.completion_mask[idx].sum() if cfg.loss_type == "token-mean" else len(idx)
             optimizer.zero_grad()
-            finite, stats_sum = True, {}
+            stats_sum = {}
             for s in range(0, size, cfg.micro_batch_size):
                 mb = idx[s:s + cfg.micro_batch_size]
                 mb_mask = batch.completion_mask[mb]
@@ -265,20 +245,17 @@ def update(model, optimizer, batch, token_adv, cfg, loss_fn=grpo_loss, recredit=
                     loss = loss + cfg.beta * aggregate(kl, mb_mask, cfg.loss_type, normalizer)
                     stats["kl"] = (kl.sum() / mb_mask.sum()).item()
                 if not torch.isfinite(loss):
-                    finite = False
                     break
                 loss.backward()
                 w = len(mb) / size
                 stats["loss"] = loss.item() / w  # report the mini-batch-scale loss
                 for k, v in stats.items():
                     stats_sum[k] = stats_sum.get(k, 0.0) + w * v
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if finite else None
-            if not finite or not torch.isfinite(grad_norm):
-                optimizer.zero_grad()
+            grad_norm = step_if_finite(model, optimizer, cfg.max_grad_norm, torch.isfinite(loss))  # a break leaves loss non-finite
+            if grad_norm is None:
                 skipped += 1
-                continue
-            optimizer.step()
-            logs.append({**stats_sum, "grad_norm": grad_norm.item()})
+            else:
+                logs.append({**stats_sum, "grad_norm": grad_norm})
     if own_pass:  # a skipped step left pi_old unscored (the policy has not moved): score it for the metrics
         batch.old_logp, batch.entropy = (torch.cat(own_logp), torch.cat(own_entropy)) if logs else score_pi_old(model, batch, cfg)
     out = {k: sum(l[k] for l in logs) / len(logs) for k in logs[0]} if logs else {}
@@ -297,13 +274,12 @@ def grpo_step(job, rows, prompts, more_prompts, step, cfg, credit=grpo_credit, l
                                   more_prompts)  # responses, rewards (seam 2 edits them), A_i
     if reads_pi_old(cfg) or several_optimizer_steps(cfg):  # log pi_old scored here; else the update's own pass gives it
         batch.old_logp, batch.entropy = score_pi_old(model, batch, cfg, times)
-    t0 = time.perf_counter()
-    token_adv, credit_stats = credit(batch, model, tokenizer, cfg, step)  # seam 3
-    t1 = time.perf_counter()
-    upd = update(model, job.optimizer, batch, token_adv, cfg, loss_fn,  # seams 4 and 5
-                 recredit and (lambda idx: recredit(batch, idx, model, tokenizer, cfg)))
-    t2 = time.perf_counter()
-    metrics = {"step": step, **stats, **credit_stats, **upd, **times, "t_credit": t1 - t0, "t_update": t2 - t1,
+    with timed(times, "t_credit"):
+        token_adv, credit_stats = credit(batch, model, tokenizer, cfg, step)  # seam 3
+    with timed(times, "t_update"):
+        upd = update(model, job.optimizer, batch, token_adv, cfg, loss_fn,  # seams 4 and 5
+                     recredit and (lambda idx: recredit(batch, idx, model, tokenizer, cfg)))
+    metrics = {"step": step, **stats, **credit_stats, **upd, **times,
                **step_metrics(batch, token_adv, model, tokenizer, cfg, job.device)}
     return metrics, batch, token_adv
 

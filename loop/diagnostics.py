@@ -3,6 +3,7 @@ statistics (and, on the embedded task, the credit each token role got against th
 the methods' own diagnostics (GCPO's weight spread, CEPO's teacher evidence), and the checks that a
 model reads the contexts a method scores under (CEPO's hints, GCPO's negative prompt).
 Nothing here changes what a run computes; docs/metrics.md explains every key."""
+import math
 import sys
 from decimal import Decimal, localcontext
 from fractions import Fraction
@@ -41,6 +42,16 @@ def step_metrics(batch, token_adv, model, tokenizer, cfg, device):
         roles = token_roles(tokenizer, batch.completion_ids, batch.completion_mask)
         metrics.update(credit_by_role(roles, batch.advantages, token_adv, batch.completion_mask))
     return metrics
+
+
+def clip_stats(ratio, valid, is_clipped):
+    """PPO-clip's statistics over the valid tokens of (N, L) tensors: the share where the clip is
+    active (is_clipped: the gradient is 0 there), the mean and the largest ratio."""
+    with torch.no_grad():
+        n = valid.sum().clamp(min=1)
+        return {"clip_frac": ((valid & is_clipped).sum() / n).item(),
+                "ratio_mean": (torch.where(valid, ratio, 0.0).sum() / n).item(),
+                "ratio_max": torch.where(valid, ratio, -math.inf).max().item() if valid.any() else 1.0}
 
 
 def weight_diagnostics(d, weights, mask):

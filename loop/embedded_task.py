@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from loop.data import answer_reward, evaluate, extract_answer, load_rows
+from loop.data import answer_reward, evaluate, extract_answer, finite_rewards, load_rows
 from loop.language_model import completion_logprobs, pad_batch
 from loop.options import opt
 from loop.word_task import make_word_task
@@ -303,6 +303,15 @@ def task_reward(cfg):
     """reward(response, row) -> (0/1, timed_out): the final answer (a dataset's, the words task's),
     or the embedded task's whole worked chain."""
     return answer_reward if cfg.dataset or cfg.model else chain_reward
+
+
+def verified_rewards(texts, rows, cfg, stats):
+    """Each response's reward from task_reward, checked finite; answer checks that timed out are
+    counted in stats["verify_timeouts"]."""
+    reward_of = task_reward(cfg)
+    checked = [reward_of(t, r) for t, r in zip(texts, rows)]
+    stats["verify_timeouts"] = stats.get("verify_timeouts", 0) + sum(timed_out for _, timed_out in checked)
+    return finite_rewards([reward for reward, _ in checked])
 
 
 def char_tokenizer():

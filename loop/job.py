@@ -1,6 +1,7 @@
 """The job around one RL step (grpo_baseline.grpo_step): the run directory and resume, the model
 and the data, the checks before step 1, the prompt schedule, evaluations, checkpoints, the
-progress bar, the run's report and the command line. Nothing here changes what a step computes.
+progress bar, the run's report and the command line, and the optimizer step that a non-finite loss
+or gradient skips. Nothing else here changes what a step computes.
 """
 import json
 import os
@@ -54,6 +55,18 @@ def step_prompts(step, batch_size, n, seed):
         epoch, pos = divmod(k, n)
         out.append(torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))[pos].item())
     return out
+
+
+def step_if_finite(model, optimizer, max_grad_norm, loss_finite):
+    """The optimizer step on the accumulated gradient, clipped to max_grad_norm -> its norm (float);
+    None, with the gradient zeroed and no step, where the loss or the gradient's norm is not finite."""
+    if loss_finite:
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+        if torch.isfinite(grad_norm):
+            optimizer.step()
+            return grad_norm.item()
+    optimizer.zero_grad()
+    return None
 
 
 def run_job(cfg, one_step, preflight=None, contexts=None):

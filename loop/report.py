@@ -1,16 +1,27 @@
 """What a run reports: peak memory, the per-run summary, reward/accuracy curves and the token
 credit pictures (HTML and PNG). Read-only with respect to training: nothing here changes a run.
 """
+import contextlib
 import json
 import math
 import os
 import resource
 import statistics
 import sys
+import time
 
 import torch
 
 PHASES = ("t_generate", "t_score", "t_credit", "t_update")  # seconds of each RL step, by phase (grpo_baseline.train)
+
+
+@contextlib.contextmanager
+def timed(times, phase):
+    """Adds the seconds the block takes to times[phase]; times None: nothing."""
+    t = time.perf_counter()
+    yield
+    if times is not None:
+        times[phase] = times.get(phase, 0.0) + time.perf_counter() - t
 
 
 def read_metrics(output_dir):

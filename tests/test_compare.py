@@ -291,29 +291,32 @@ def test_the_ceiling_study_tunes_each_arm_on_its_pilots_then_runs_the_best_oracl
         tmp_path, monkeypatch, capsys):
     """run_ceiling: every arm at every learning rate on the pilot warm starts (the soft oracle also
     at every β); the confirmatory runs at the options with the highest pilot AUC; the sweep runs
-    GRPO and the oracle that beat GRPO most, at each other chain length; the summary and
-    --recompute agree."""
+    GRPO and the oracle best on the pilots (not on the confirmatory runs, where the hard oracle
+    is), at each other chain length; the summary and --recompute agree."""
     def accuracy(arm, o):  # GRPO best at 1e-4; the soft oracle best at β 16, 2e-4, and more so with more operands
         lr, ops = float(o["learning_rate"]), int(o.get("task_operands", 4))
         if "soft_oracle" in arm:
             return 0.5 + float(o["decided_weight"]) / 400 + lr * 100 + 0.01 * ops + 0.001 * (int(o["seed"]) % 3)
+        if "controls oracle" in arm:  # the best of all on the confirmatory warm starts, the worst oracle on the pilots
+            return 0.9 if int(o["warm_start_seed"]) < 100 else 0.4
         return 0.5 - abs(lr - 1e-4) * 100 + 0.001 * (int(o["seed"]) % 2)
     launched = fake_runs(monkeypatch, tmp_path, accuracy)
     budget = {**compare.BUDGET, "max_steps": 4}
-    checks, runs, pilots, grid, sweeps = compare.run_ceiling(["grpo", "soft_oracle"], [0, 1, 2], [0], "runs", 1, budget)
-    assert len(grid) == 3 + 9 and set(pilots) == set(grid) and all(len(h) == 2 for h in pilots.values())  # 2 pilot warm starts
+    checks, runs, pilots, grid, sweeps = compare.run_ceiling(["grpo", "soft_oracle", "oracle"], [0, 1, 2], [0], "runs", 1, budget)
+    assert len(grid) == 3 + 9 + 3 and set(pilots) == set(grid) and all(len(h) == 2 for h in pilots.values())  # 2 pilot warm starts
     chosen = compare.choose(grid, pilots)
     assert chosen["grpo"]["options"] == {"learning_rate": 1e-4}
     assert chosen["soft_oracle"]["options"] == {"learning_rate": 2e-4, "decided_weight": 16.0}
     confirm = [c for c in launched if "runs/warm" in c[c.index("--output_dir") + 1] and "--check_warm_start" not in c]
-    assert all(c[c.index("--learning_rate") + 1] == ("0.0001" if c[1] == "grpo_baseline.py" else "0.0002") for c in confirm)
-    assert sorted(sweeps) == [3, 5, 6] and all(set(hs) == {"grpo", "soft_oracle"} for hs in sweeps.values())
+    assert all(c[c.index("--learning_rate") + 1] == ("0.0001" if c[1] == "grpo_baseline.py" else "0.0002")
+               for c in confirm if c[3] != "oracle")
+    assert sorted(sweeps) == [5, 6] and all(set(hs) == {"grpo", "soft_oracle"} for hs in sweeps.values())
     histories = {a: {(w, s): compare.read_metrics(out) for w, s, out in rs} for a, rs in runs.items()}
     arms = compare.aggregate(histories)
     ceiling = compare.ceiling_report(grid, pilots, arms, sweeps, histories)
     part = ceiling[0]
-    assert part["best_oracle"] == "soft_oracle" and part["learning_rates"] == {"grpo": 1e-4, "soft_oracle": 2e-4}
-    assert sorted(part["operand_sweep"]) == [3, 4, 5, 6] and math.isclose(part["operand_trend"]["slope"], 0.01 * 0.5, rel_tol=0.2)
+    assert part["best_oracle"] == "soft_oracle" and part["learning_rates"] == {"grpo": 1e-4, "soft_oracle": 2e-4, "oracle": 3e-5}
+    assert sorted(part["operand_sweep"]) == [4, 5, 6] and math.isclose(part["operand_trend"]["slope"], 0.01 * 0.5, rel_tol=0.2)
     compare.write_metrics(tmp_path / "metrics.jsonl.gz", histories)
     compare.write_metrics(tmp_path / "pilot_metrics.jsonl.gz", pilots)
     for k, hs in sweeps.items():
@@ -326,6 +329,32 @@ def test_the_ceiling_study_tunes_each_arm_on_its_pilots_then_runs_the_best_oracl
     assert json.loads((tmp_path / "summary.json").read_text()) == first and "| soft_oracle |" in capsys.readouterr().out
 
 
+def test_the_ceiling_study_refuses_a_chain_length_it_cannot_build_before_any_run(tmp_path, monkeypatch, capsys):
+    """3 operands of 0-9 make 1,000 distinct problems, too few for 4,000 training and 1,000 held-out
+    ones: the sweep once reached that length six hours in and stopped there on every rerun. Now each
+    length is built before the first run, and the shipped ones build and fit the response length."""
+    compare.check_sweep_lengths({**compare.BUDGET, **compare.PRESETS["ceiling"][3]})
+    monkeypatch.setitem(compare.CEILING, "operands", [3, 5])
+    monkeypatch.setattr(compare.subprocess, "Popen", lambda *a, **k: pytest.fail("a run started"))
+    monkeypatch.setattr("sys.argv", ["compare.py", "--ceiling", "--results_dir", str(tmp_path), "--runs_dir", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        compare.main()
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "chain-length sweep: --task_operands 3" in err and "too few distinct problems" in err
+
+
+def test_kept_reads_a_value_back_only_while_its_key_is_unchanged(tmp_path):
+    """The ceiling's Monte-Carlo stage is kept on disk: a stopped study does not redo it, and runs
+    done again (another key) never meet the old value."""
+    path, calls = tmp_path / "mc.json", []
+    compute = lambda: calls.append(1) or [{"grpo": {"corr": 0.5}}, None]  # noqa: E731
+    first = compare.kept(path, ["grpo", [1, 2]], compute)
+    assert compare.kept(path, ["grpo", [1, 2]], compute) == first and len(calls) == 1
+    compare.kept(path, ["grpo", [1, 3]], compute)
+    path.write_text("{not json")
+    assert compare.kept(path, ["grpo", [1, 3]], compute) == first and len(calls) == 3
+
+
 def test_an_arm_whose_90_interval_lies_inside_the_declared_margin_is_called_equivalent():
     near, far = (compare.aggregate(benchmark(shift, noise=0.01, W=8)) for shift in (0.004, 0.05))
     assert near["gcpo"]["tost90"][0] > -0.02 and near["gcpo"]["tost90"][1] < 0.02 < far["gcpo"]["tost90"][1]
@@ -335,21 +364,25 @@ def test_an_arm_whose_90_interval_lies_inside_the_declared_margin_is_called_equi
     assert "equivalent" not in compare.verdict(far, margin=0.02).split("\n")[0]
 
 
-def test_the_monte_carlo_agreement_judges_every_arm_on_the_same_responses_at_both_ends(tmp_path, warm_cache):
+def test_the_monte_carlo_agreement_judges_every_arm_on_the_same_responses_at_both_ends(tmp_path, warm_cache, monkeypatch):
     """mc_agreement: one response of A != 0 from each of `prompts` prompts; at the end each arm's
     final model is judged on those same responses (the same tokens counted), with bootstrap
-    intervals; the value oracle's exact A^π is checked against A_MC."""
+    intervals, each credit at the options its runs were chosen at (the soft oracle's β was once its
+    default whatever the pilots chose); the value oracle's exact A^π is checked against A_MC."""
     import shutil
     from loop.embedded_task import load_task, warm_start
     budget = dict(task="sum", cache_dir=warm_cache, warm_start_steps=250, prompts_per_step=4, num_generations=4,
                   max_completion_length=40, micro_batch_size=8)
     cfg = gb.GRPOConfig(**budget)
     path = warm_start(cfg, *load_task(cfg), torch.device("cpu"))
-    runs = {}
-    for arm in ("grpo", "value_oracle"):  # a stand-in final model: the warm start itself
+    runs, seen, config = {}, [], compare.method_config
+    for arm in ("grpo", "soft_oracle"):  # a stand-in final model: the warm start itself
         shutil.copytree(path, tmp_path / arm / "final")
         runs[arm] = [(0, 0, str(tmp_path / arm))]
-    mc, exact = compare.mc_agreement(["grpo", "value_oracle"], runs, budget, [0], (1, 3, 4), torch.device("cpu"))
+    monkeypatch.setattr(compare, "method_config", lambda name, **o: seen.append((name, o.get("decided_weight"))) or config(name, **o))
+    mc, exact = compare.mc_agreement(["grpo", "soft_oracle"], runs, budget, [0], (1, 3, 4), torch.device("cpu"),
+                                     {"soft_oracle": {"decided_weight": 16.0}})
+    assert ("soft_oracle", 16.0) in seen and ("soft_oracle", None) not in seen
     for arm, by in mc.items():
         assert by["start"]["responses"] == by["end"]["responses"] == 3 and by["start"]["tokens"] == by["end"]["tokens"]
         assert by["start"]["corr"] == pytest.approx(by["end"]["corr"])  # the same model at both ends here

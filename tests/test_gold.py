@@ -143,13 +143,13 @@ def test_dynamic_sampling_sees_the_injected_group_as_informative(tiny_cfg, tiny_
     model, tok, train_rows, _ = tiny_policy(cfg)
     G, queue = cfg.num_generations, [[0.0] * 4 + [1.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0] * 2]
 
-    def fake_sample(model, tokenizer, rows, prompts, cfg, device, stats):
-        rows, prompts = [r for r in rows for _ in range(G)], [p for p in prompts for _ in range(G)]
-        texts = ["#### 0"] * len(rows)
+    def fake_generate(model, tokenizer, prompts, cfg, device):
+        texts = ["#### 0"] * len(prompts)
         ids = torch.tensor([tokenizer(t + tokenizer.eos_token, add_special_tokens=False).input_ids for t in texts])
-        return rows, prompts, ids, torch.ones(ids.shape), texts, torch.tensor(queue.pop(0))
+        return ids, torch.ones(ids.shape), texts
 
-    monkeypatch.setattr(gb, "sample", fake_sample)
+    monkeypatch.setattr(gb, "generate", fake_generate)
+    monkeypatch.setattr(gb, "verified_rewards", lambda texts, rows, cfg, stats: queue.pop(0))
     rows = train_rows[:2]
     more = lambda round: (train_rows[2:4], [prompt_ids(tok, r["question"]) for r in train_rows[2:4]])  # noqa: E731
     batch, _, stats = gb.rollout(model, tok, rows, [prompt_ids(tok, r["question"]) for r in rows], cfg,

@@ -10,7 +10,7 @@ import torch
 import cepo
 import gcpo
 import grpo_baseline as gb
-from loop import dynamic_sampling, job
+from loop import dynamic_sampling, embedded_task, job
 from loop.data import DEFAULT_INSTRUCTION, prompt_ids
 from loop.embedded_task import char_tokenizer, load_task, warm_start
 from loop.language_model import load_policy
@@ -142,7 +142,7 @@ def test_a_non_finite_reward_is_one_line_not_a_run_of_skipped_updates(tiny_cfg, 
     skipped, and the run 'finished'. Now the first such reward stops it, naming the value: in the step-0
     evaluation, before a NaN accuracy is recorded, or in a step."""
     nan = lambda response, row: (float("nan"), False)  # noqa: E731
-    for module in (gb, job):  # the step's rewards, the job's evaluations
+    for module in (embedded_task, job):  # the step's rewards, the job's evaluations
         monkeypatch.setattr(module, "task_reward", lambda cfg: nan)
     with pytest.raises(ValueError, match="^the reward function returned nan for a response; rewards must be finite"):
         gb.train(tiny_cfg(max_steps=1))
