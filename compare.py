@@ -541,9 +541,9 @@ def operand_sweep(sweeps, best):
     return out, {"slope": fit.slope, "slope_ci": [fit.slope - half, fit.slope + half], "p": fit.pvalue, "points": len(points)}
 
 
-def ceiling_report(grid, pilots, arms, sweeps, histories):
+def ceiling_report(grid, pilots, sweeps, histories):
     """The ceiling study's own part of the summary (dict) and of summary.md (text): each arm's
-    chosen options and its pilots' AUC, the best oracle over GRPO, and the chain-length sweep, whose
+    chosen options and its pilots' AUC, the oracle best on the pilots, and the chain-length sweep, whose
     default length is the confirmatory runs (histories) of its warm starts."""
     chosen = choose(grid, pilots)
     best = best_oracle(chosen)
@@ -682,10 +682,23 @@ def mc_agreement(arms, runs, budget, warm_starts, sample, device, options=None):
             pooled_agreement(exact))
 
 
+def code_digest():
+    """sha256 of the code a credit or a Monte-Carlo value depends on: the method files, the
+    benchmark's arms and estimators, the loop."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    files = sorted(["grpo_baseline.py", "gcpo.py", "cepo.py", "gold.py"] + [os.path.join(d, f) for d in ("benchmark", "loop")
+                    for f in os.listdir(os.path.join(root, d)) if f.endswith(".py")])
+    digest = hashlib.sha256()
+    for f in files:
+        with open(os.path.join(root, f), "rb") as fh:
+            digest.update(f.encode() + fh.read())
+    return digest.hexdigest()
+
+
 def kept(path, key, compute):
     """compute()'s value, kept in path (JSON) with the sha256 of key and read back while key is the
-    same (the arms, options and the runs' every metric), so a study stopped after its Monte-Carlo
-    stage does not redo it, and a run done again never meets a stale one."""
+    same (the arms, options, the code and the runs' every metric), so a study stopped after its
+    Monte-Carlo stage does not redo it, and runs or code changed since never meet a stale one."""
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
     try:
         with open(path) as f:
@@ -985,12 +998,12 @@ def main():
         write_metrics(os.path.join(results_dir, "pilot_metrics.jsonl.gz"), pilots)
         for k, hs in sweeps.items():
             write_metrics(os.path.join(results_dir, f"operands{k}_metrics.jsonl.gz"), hs)
-        ceiling = ceiling_report(grid, pilots, summary, sweeps, histories)
+        ceiling = ceiling_report(grid, pilots, sweeps, histories)
         options = {a: {k: v for k, v in c["options"].items() if k != "learning_rate"} for a, c in ceiling[0]["chosen"].items()}
     mc, value_check = {}, None
     if preset in MC_SAMPLE:  # the words task has no exact token values; K continuations per prefix of a 135M model do not fit
         print("Monte-Carlo agreement (fixed responses, at the warm start and at each arm's end)...", flush=True)
-        key = [arms, MC_SAMPLE[preset], warm_starts, options, budget,
+        key = [arms, MC_SAMPLE[preset], warm_starts, options, budget, code_digest(),
                [[a, w, s, h] for a, hs in sorted(histories.items()) for (w, s), h in sorted(hs.items())]]
         mc, value_check = kept(os.path.join(results_dir, "mc.json"), key,
                                lambda: mc_agreement(arms, runs, budget, warm_starts, MC_SAMPLE[preset], device, options))
@@ -1032,7 +1045,7 @@ def recompute(results_dir, parser):
         except (OSError, EOFError, zlib.error, ValueError, KeyError, TypeError) as e:
             parser.error(f"--recompute {results_dir}: the ceiling study's pilot or sweep metrics: "
                          f"{first_line(e) or type(e).__name__}; rewrite them with the study (summary.json is left as it was)")
-        ceiling = ceiling_report(grid, pilots, summary, {int(k): hs for k, hs in sweeps.items()}, histories)
+        ceiling = ceiling_report(grid, pilots, {int(k): hs for k, hs in sweeps.items()}, histories)
     mc = {a: m["mc_agreement"] for a, m in task["methods"].items() if m.get("mc_agreement")} if old["preset"] in MC_SAMPLE else {}
     text = report(results_dir, old["preset"], summary, {c["seed"]: c for c in task["warm_starts"]}, task["budget"],
                   task["seeds"], mc, old["wall_minutes"], task.get("mc_value_check"), ceiling)

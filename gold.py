@@ -31,6 +31,7 @@ import torch
 
 import grpo_baseline as gb
 from loop.data import reward_fn
+from loop.diagnostics import clip_stats
 from loop.language_model import end_of_turn_id
 from loop.options import OUTPUT_DIR_HELP, opt
 
@@ -85,10 +86,7 @@ def gold_loss(logp, old_logp, token_adv, mask, cfg, normalizer):
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1 - cfg.epsilon, 1 + cfg.epsilon_high) * adv
     loss = -torch.minimum(unclipped, clipped).sum() / normalizer  # (3.3)
-    with torch.no_grad():
-        stats = {"clip_frac": (clipped < unclipped).float().mean().item(), "ratio_mean": ratio.mean().item(),
-                 "ratio_max": ratio.max().item()}
-    return loss, stats
+    return loss, clip_stats(ratio, torch.ones_like(ratio, dtype=torch.bool), clipped < unclipped)
 
 
 def reference_response(tokenizer, row, cfg):

@@ -211,8 +211,9 @@ def several_optimizer_steps(cfg):
 
 def update(model, optimizer, batch, token_adv, cfg, loss_fn=grpo_loss, recredit=None):
     """num_iterations PPO epochs of num_mini_batches optimizer steps; a mini-batch with a non-finite
-    loss or gradient takes no step (its gradient is zeroed) and is counted. recredit(indices) -> (n, L), seam 5 bound to this batch:
-    the credit under the current policy, for every optimizer step after the first."""
+    loss or gradient takes no step (its gradient is zeroed) and is counted. recredit(indices) ->
+    (n, L), seam 5 bound to this batch: the credit under the current policy, for every optimizer
+    step after the first."""
     N = len(batch.rows)
     size = N // cfg.num_mini_batches
     # log pi_old: batch.old_logp if scored before the update. Else (one optimizer step, the default)

@@ -313,7 +313,7 @@ def test_the_ceiling_study_tunes_each_arm_on_its_pilots_then_runs_the_best_oracl
     assert sorted(sweeps) == [5, 6] and all(set(hs) == {"grpo", "soft_oracle"} for hs in sweeps.values())
     histories = {a: {(w, s): compare.read_metrics(out) for w, s, out in rs} for a, rs in runs.items()}
     arms = compare.aggregate(histories)
-    ceiling = compare.ceiling_report(grid, pilots, arms, sweeps, histories)
+    ceiling = compare.ceiling_report(grid, pilots, sweeps, histories)
     part = ceiling[0]
     assert part["best_oracle"] == "soft_oracle" and part["learning_rates"] == {"grpo": 1e-4, "soft_oracle": 2e-4, "oracle": 3e-5}
     assert sorted(part["operand_sweep"]) == [4, 5, 6] and math.isclose(part["operand_trend"]["slope"], 0.01 * 0.5, rel_tol=0.2)
@@ -341,6 +341,21 @@ def test_the_ceiling_study_refuses_a_chain_length_it_cannot_build_before_any_run
         compare.main()
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "chain-length sweep: --task_operands 3" in err and "too few distinct problems" in err
+
+
+def test_a_sweep_length_whose_solutions_do_not_fit_the_response_is_refused():
+    with pytest.raises(ValueError, match="^--task_operands 5: a reference solution takes 51 tokens, more than --max_completion_length 40$"):
+        compare.check_sweep_lengths({**compare.BUDGET, "max_completion_length": 40})
+
+
+def test_a_value_check_without_an_interval_is_reported_without_one(tmp_path):
+    """The bootstrap gives no interval for a constant correlation: the summary says the correlation
+    alone (it raised a TypeError at the end of the study)."""
+    arms = compare.aggregate(benchmark(0.01, W=3))
+    check = {"corr": 0.4, "corr_ci": None, "sign_agreement": None, "decided_tokens": 0}
+    text = compare.report(tmp_path, "default", arms, {w: CHECKS[w] for w in range(3)}, compare.BUDGET,
+                          [0], {}, 1.0, check)
+    assert "correlation +0.400, sign agreement" in text
 
 
 def test_kept_reads_a_value_back_only_while_its_key_is_unchanged(tmp_path):
