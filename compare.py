@@ -37,6 +37,7 @@ import io
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -166,13 +167,15 @@ def check_warm_start(cfg, out):
 RL_ONLY = ("learning_rate", "max_steps", "eval_steps", "prompts_per_step", "num_generations")
 
 
-def run_all(arms, warm_starts, seeds, runs_dir, jobs, budget, threads=1, variants=None):
+def run_all(arms, warm_starts, seeds, runs_dir, jobs, budget, threads=1, variants=None, keep_final=True):
     """Build and check every warm start, then train every arm from each with every seed:
     subprocesses, `jobs` at a time, `threads` each (on the tiny model two single-threaded runs do
     more work than one two-threaded run). variants: {label: (arm, options)} for labels in `arms`
     that run an arm with options of their own (a learning rate of the ceiling study's grid). A job
     that finished before with the same options (its done.json) is not run again: a killed benchmark
-    resumes, and --full reuses the default's runs (remove runs/ after changing the code).
+    resumes, and --full reuses the default's runs (remove runs/ after changing the code). A finished
+    run's checkpoint is deleted (it never resumes again; 1.6 GB on the real model), and its final
+    model too unless keep_final (the Monte-Carlo agreement reads it).
     Returns ({warm start: checks}, {label: [(w, s, dir)]})."""
     variants = variants or {}
     queue = [("warm", w, None) for w in warm_starts] + [(a, w, s) for w in warm_starts for s in seeds for a in arms]
@@ -225,6 +228,11 @@ def run_all(arms, warm_starts, seeds, runs_dir, jobs, budget, threads=1, variant
                              + f.read()[-3000:])
             with open(os.path.join(out, "done.json"), "w") as f:
                 json.dump(cmd[1:], f)
+            if job[0] != "warm":
+                if os.path.exists(checkpoint := os.path.join(out, "checkpoint.pt")):
+                    os.remove(checkpoint)
+                if not keep_final:
+                    shutil.rmtree(os.path.join(out, "final"), ignore_errors=True)
             finish(job)
     bar.close()
     checks = {}
@@ -987,7 +995,8 @@ def main():
     if preset == "ceiling":
         checks, runs, pilots, grid, sweeps = run_ceiling(arms, warm_starts, seeds, runs_dir, jobs, budget)
     else:
-        checks, runs = run_all(arms, warm_starts, seeds, runs_dir, jobs, budget, threads=os.cpu_count() if preset == "real" else 1)
+        checks, runs = run_all(arms, warm_starts, seeds, runs_dir, jobs, budget, threads=os.cpu_count() if preset == "real" else 1,
+                               keep_final=preset != "real")
     histories = read_histories(runs)
     summary = aggregate(histories)
     device = torch.device("cpu")

@@ -278,6 +278,8 @@ def fake_runs(monkeypatch, tmp_path, accuracy):
                 acc = accuracy(" ".join(cmd[1:4]), options)
                 steps = int(options["max_steps"])
                 (out / "metrics.jsonl").write_text("\n".join(json.dumps(m) for m in history([0.3, acc], every=steps)))
+                (out / "checkpoint.pt").write_bytes(b"weights")
+                (out / "final").mkdir(exist_ok=True)
 
         def poll(self):
             return 0
@@ -341,6 +343,19 @@ def test_the_ceiling_study_refuses_a_chain_length_it_cannot_build_before_any_run
         compare.main()
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "chain-length sweep: --task_operands 3" in err and "too few distinct problems" in err
+
+
+def test_a_finished_run_keeps_no_checkpoint_and_a_real_tier_run_no_final_model(tmp_path, monkeypatch):
+    """The real tier kept 2.1 GB per run (checkpoint and final model) that nothing reads again:
+    40 runs filled the disk. A finished run's checkpoint goes; its final model stays where the
+    Monte-Carlo agreement reads it."""
+    fake_runs(monkeypatch, tmp_path, lambda arm, o: 0.5)
+    budget = {**compare.BUDGET, "max_steps": 2}
+    for keep_final in (True, False):
+        _, runs = compare.run_all(["grpo"], [0], [keep_final], f"runs{keep_final}", 1, budget, keep_final=keep_final)
+        out = tmp_path / runs["grpo"][0][2]
+        assert (out / "done.json").exists() and not (out / "checkpoint.pt").exists()
+        assert (out / "final").exists() == keep_final
 
 
 def test_a_sweep_length_whose_solutions_do_not_fit_the_response_is_refused():
