@@ -92,8 +92,7 @@ class Rollouts:
 
 def sample(model, tokenizer, rows, prompts, cfg, device, stats, edit_rollouts=None):
     """G responses per prompt, rewarded -> (rows, prompts, ids, mask, texts, rewards, sampled), rows
-    and prompts repeated G times. Seam 2, edit_rollouts(rows, ids, mask, texts, rewards, tokenizer,
-    cfg) -> (ids, mask, texts, rewards, sampled, counts), edits each group as drawn (Gold)."""
+    and prompts repeated G times. Seam 2 edits each group as drawn (Gold)."""
     G = cfg.num_generations
     rows, prompts = [r for r in rows for _ in range(G)], [p for p in prompts for _ in range(G)]
     ids, mask, texts = generate(model, tokenizer, prompts, cfg, device)
@@ -216,8 +215,7 @@ def update(model, optimizer, batch, token_adv, cfg, loss_fn=grpo_loss, recredit=
     step after the first."""
     N = len(batch.rows)
     size = N // cfg.num_mini_batches
-    # log pi_old: batch.old_logp if scored before the update. Else (one optimizer step, the default)
-    # pi_old is the policy as it stands, and this pass, detached, is log pi_old: one pass fewer, as TRL.
+    # Unscored: one optimizer step, so pi_old is the policy as it stands and this pass, detached, is log pi_old.
     own_pass = batch.old_logp is None
     if own_pass and several_optimizer_steps(cfg):  # the policy moves after the first step
         raise ValueError("score log pi_old (score_pi_old) before an update of several optimizer steps")
@@ -273,7 +271,7 @@ def grpo_step(job, rows, prompts, more_prompts, step, cfg, credit=grpo_credit, l
     model, tokenizer = job.model, job.tokenizer
     batch, times, stats = rollout(model, tokenizer, rows, prompts, cfg, job.device, job.ref_model, edit_rollouts,
                                   more_prompts)  # responses, rewards (seam 2 edits them), A_i
-    if reads_pi_old(cfg) or several_optimizer_steps(cfg):  # log pi_old scored here; else the update's own pass gives it
+    if reads_pi_old(cfg) or several_optimizer_steps(cfg):
         batch.old_logp, batch.entropy = score_pi_old(model, batch, cfg, times)
     with timed(times, "t_credit"):
         token_adv, credit_stats = credit(batch, model, tokenizer, cfg, step)  # seam 3
