@@ -49,9 +49,8 @@ def load_policy(path, cfg, device):
     except Exception as e:  # no such directory or hub id, no weights, truncated weights, an unknown architecture
         raise ValueError(f"--model {path}: cannot load a tokenizer and causal LM from it ({first_line(e)}); give a "
                          "directory written by save_pretrained, or a model id this machine can download") from None
-    if gguf_file:  # dequantized: an ordinary model from here on, saved (final/) and reloaded as one
-        model.hf_quantizer = None
-        del model.config.quantization_config
+    if gguf_file:  # dequantized at load: drop the quantizer's marks, or save_pretrained and Trainer refuse it
+        model.hf_quantizer.remove_quantization_config(model)
     check_tokenizer(path, tokenizer, model.get_input_embeddings().num_embeddings)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token  # pad = eos is handled: see completion_mask

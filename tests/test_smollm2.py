@@ -11,6 +11,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from transformers.trainer_utils import validate_quantization_for_training
 
 import cepo
 import gcpo
@@ -35,6 +36,8 @@ def test_the_packaged_model_loads_by_name_as_an_ordinary_llama(smollm2):
     assert type(model).__name__ == "LlamaForCausalLM" and model.dtype == torch.float32
     assert model.config.num_hidden_layers == 30 and model.config.vocab_size == len(tok) == 49152
     assert getattr(model, "hf_quantizer", None) is None and not hasattr(model.config, "quantization_config")
+    assert not model.is_quantized
+    validate_quantization_for_training(model)  # transformers' Trainer (so TRL's GRPOTrainer) takes it as ordinary
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
     assert end_of_turn_id(tok) == im_end and stop_ids(model) == [im_end]  # ChatML: the turn ends the response
 
