@@ -1,12 +1,12 @@
 """GRPO, the baseline every credit-assignment method here is a diff against. Docs: docs/grpo.md.
 
-A run, step by step; a method file replaces the seams (n), numbered in run order, through its
+A run, step by step; a method file replaces the seams (n), numbered in the order they first run, through its
 METHOD dict. The job runs (0) and (1) once, before step 1; grpo_step runs the rest every step:
 
     (0) contexts          the token ids a method scores a response under instead of its prompt
                           (GCPO's negative prompt, CEPO's prompt + hint): the job checks they fit
     (1) preflight         CEPO: does the model read its hints?
-    prompts               B per step, a pure function of (seed, step): the job's, step_prompts
+    prompts               B per step, a pure function of (seed, step): loop/job.py's step_prompts
     responses, rewards    G samples per prompt, rewarded 0/1                   sample
     (2) edit_rollouts     each group as drawn (Gold: a reference joins an all-wrong group)
     A_i                   group-normalised rewards                             (0.1)
