@@ -88,18 +88,34 @@ def test_the_loop_scores_pi_old_before_the_credit_exactly_when_it_is_read(tiny_c
         assert seen == [scored], (overrides, reads)
 
 
-def test_the_chain_task_logs_credit_against_its_ground_truth(tiny_cfg):
-    cfg = tiny_cfg(task="chain", max_completion_length=64, max_steps=2, warm_start_steps=150)
+def test_the_chain_task_logs_credit_against_its_ground_truth(tiny_cfg, monkeypatch):
+    """A step on the chain task logs GRPO's credit against the ground truth: uniform, so the share on
+    decisive tokens is the uniform share, every role gets A (Â/A = 1), a first wrong token -1. The
+    policy is a 1-step warm start; its responses are set (each group's reference solution, right in
+    half the group and wrong from its first sum in the other half), so every group has a contrast."""
+    def responses(model, tokenizer, prompts, cfg, device):
+        rows = [r for r in load_task(cfg)[0] if prompt_ids(tokenizer, r["question"]) in prompts]
+        by_prompt = {tuple(prompt_ids(tokenizer, r["question"])): r["solution"] for r in rows}
+        texts = []
+        for i, p in enumerate(prompts):
+            right = by_prompt[tuple(p)]
+            first_sum = right.index("=") + 1
+            texts.append(right if i % 2 == 0 else right[:first_sum] + str((int(right[first_sum]) + 1) % 10) + right[first_sum + 1:])
+        ids = [tokenizer(t).input_ids + [tokenizer.eos_token_id] for t in texts]
+        width = max(map(len, ids))
+        mask = torch.tensor([[1.0] * len(x) + [0.0] * (width - len(x)) for x in ids])
+        return torch.tensor([x + [tokenizer.pad_token_id] * (width - len(x)) for x in ids]), mask, texts
+    monkeypatch.setattr(gb, "generate", responses)
+    cfg = tiny_cfg(task="chain", max_completion_length=64, max_steps=1, warm_start_steps=1, eval_steps=5, eval_size=2)
     gb.train(cfg)
-    for m in read_metrics(cfg.output_dir)[1:]:
-        assert m["free_tag_entropy"] >= 0
-        if "decisive_credit_share" in m:  # some group had a contrast: GRPO's credit is uniform, so shares agree
-            assert m["decisive_credit_share"] == pytest.approx(m["decisive_credit_share_uniform"], abs=1e-6)
-            assert 0.05 < m["decisive_credit_share_uniform"] < 0.5
-            credit = {k: v for k, v in m.items() if k.startswith("credit_")}
-            assert credit and all(v == pytest.approx(1.0) for v in credit.values())  # Â/A = 1 on every role
-        if "first_error_credit" in m:
-            assert m["first_error_credit"] == pytest.approx(-1.0)
+    (m,) = read_metrics(cfg.output_dir)[1:]
+    assert m["reward"] == 0.5 and m["zero_adv_groups"] == 0
+    assert m["decisive_credit_share"] == pytest.approx(m["decisive_credit_share_uniform"], abs=1e-6)
+    assert 0.05 < m["decisive_credit_share_uniform"] < 0.5
+    credit = {k: v for k, v in m.items() if k.startswith("credit_") and v is not None}
+    assert {"credit_pos_decisive", "credit_neg_decisive"} <= set(credit)
+    assert all(v == pytest.approx(1.0) for v in credit.values())
+    assert m["first_error_credit"] == pytest.approx(-1.0) and m["free_tag_entropy"] >= 0
 
 
 def test_data_seed_fixes_the_prompts_and_seed_the_sampling(tiny_cfg, monkeypatch, tmp_path):
