@@ -132,7 +132,7 @@ def test_gold_end_to_end_injects_into_all_wrong_groups(tiny_cfg):
     assert sum(m["gold_injections"] for m in steps) > 0
     for m in steps:
         assert m["gold_injections"] == m["all_wrong_groups"]  # every problem here has a reference
-        assert m["ratio_mean"] == 1.0 and m["skipped_updates"] == 0  # the gold member's ratio starts at exactly 1
+        assert m["ratio_mean"] == 1.0 and m["skipped_updates"] == 0  # one optimizer step: its own pass is pi_old, exactly
 
 
 def test_dynamic_sampling_sees_the_injected_group_as_informative(tiny_cfg, tiny_policy, monkeypatch):

@@ -136,8 +136,21 @@ def qwen_run_inputs(qwen_tokenizer, tmp_path_factory):
 
 @pytest.mark.parametrize("method, config_cls", [("grpo", gb.GRPOConfig), ("gcpo", gcpo.GCPOConfig),
                                                 ("cepo", cepo.CEPOConfig), ("gold", gold.GoldConfig)])
-def test_every_method_trains_a_real_vocabulary_model_on_real_gsm8k_rows(qwen_run_inputs, tmp_path, method, config_cls):
+def test_every_method_trains_a_real_vocabulary_model_on_real_gsm8k_rows(qwen_run_inputs, tmp_path, monkeypatch, method,
+                                                                       config_cls):
+    """Every method's credit acts and the model moves. A random model is always wrong, which is
+    what Gold needs (every group gets its real reference); the others would see no contrast and
+    compute nothing, so their responses are set: '#### 5' (rewarded 1) and '#### 7' in each group,
+    real tokens of the real vocabulary, whose wrong answer CEPO's teacher reads."""
     seams = {"grpo": gb.METHOD, "gcpo": gcpo.METHOD, "cepo": cepo.METHOD, "gold": gold.METHOD}[method]
+    if method != "gold":
+        def set_responses(model, tokenizer, prompts, cfg, device):
+            texts = ["#### 5" if i % 2 == 0 else "#### 7" for i in range(len(prompts))]
+            ids = torch.tensor([tokenizer(t, add_special_tokens=False).input_ids + [IM_END] for t in texts])
+            return ids, torch.ones(ids.shape), texts
+        monkeypatch.setattr(gb, "generate", set_responses)
+        monkeypatch.setattr(gb, "verified_rewards", lambda texts, rows, cfg, stats: stats.update(verify_timeouts=0) or
+                            [float(t == "#### 5") for t in texts])
     model_dir, data_path = qwen_run_inputs
     cfg = config_cls(model=model_dir, dataset=data_path, eval_size=2, prompts_per_step=2, num_generations=2,
                      max_completion_length=48 if method == "gold" else 12, max_steps=2, eval_steps=2, save_steps=2, micro_batch_size=4,
@@ -148,9 +161,10 @@ def test_every_method_trains_a_real_vocabulary_model_on_real_gsm8k_rows(qwen_run
     assert [m["step"] for m in metrics] == [0, 1, 2]
     assert metrics[0]["stop_tokens"] == ["<|endoftext|>", "<|im_end|>"]
     for m in metrics[1:]:
-        assert m["skipped_updates"] == 0 and m["verify_timeouts"] == 0
-        if method == "gold":  # a random model is always wrong: every group gets its real reference solution
-            assert m["gold_injections"] == cfg.prompts_per_step and m["grad_norm"] > 0
+        assert m["skipped_updates"] == 0 and m["verify_timeouts"] == 0 and m["grad_norm"] > 0
+        assert {"gold": "gold_injections", "gcpo": "div_mean", "cepo": "teacher_rows", "grpo": "reward"}[method] in m
+        if method == "gold":
+            assert m["gold_injections"] == cfg.prompts_per_step
 
 
 @pytest.mark.parametrize("tie", [True, False])

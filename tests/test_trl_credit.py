@@ -191,8 +191,11 @@ def test_gcpo_takes_grpos_step_when_no_completion_has_credit(warm, tmp_path):
     one rank's share): every advantage is 0, so nothing is scored under x-; the step is GRPO's,
     with the metrics logged empty (every rank joins log_means with the same keys)."""
     t = trainer(GCPOTrainer, warm, tmp_path, reward=lambda completions, **kwargs: [0.0] * len(completions))
+    sizes, logprobs_under = [], t.logprobs_under
+    t.logprobs_under = lambda contexts, out, rows: sizes.append(len(rows)) or logprobs_under(contexts, out, rows)
     out, grpo = scored(t, batch(warm, 2))
     assert (grpo["advantages"] == 0).all() and (out["advantages"] == 0).all()
+    assert sum(sizes) == 0  # no row scored under x- (a call with no rows is allowed: every rank joins the same forwards)
     assert not any(t._metrics["train"].get(key) for key in GCPOTrainer.METRICS)
 
 
