@@ -4,7 +4,7 @@ against controls that say what a difference means, on the embedded `chain` task.
     python compare.py              # 6 warm starts x 1 RL seed x 6 arms -> results/      (~30 min, 2 cores)
     python compare.py --full       # 16 warm starts x 1 seed x 8 arms -> results/full/  (~85 min, 2 cores)
     python compare.py --ceiling    # tuned oracles and methods, 16 x 100 steps -> results/ceiling/ (~8 h)
-    python compare.py --real       # SmolLM2-135M-Instruct on sums in words -> results/smollm2/ (~6 h)
+    python compare.py --real       # SmolLM2-135M-Instruct on sums in words -> results/smollm2/ (~5 h)
     python compare.py --quick      # the same pipeline on a tiny budget (a smoke run, not a result)
     python compare.py --recompute results/   # every number again, from the committed per-step metrics
     python compare.py --bench      # seconds per step by phase and peak memory, one process
@@ -926,7 +926,7 @@ def main():
     parser.add_argument("--full", action="store_true", help="16 warm starts x 1 seed x every arm, into results/full/ (~1.5 h)")
     parser.add_argument("--quick", action="store_true", help="2 warm starts x 1 seed x every arm on a tiny budget, into results/quick/")
     parser.add_argument("--real", action="store_true", help="the real-model tier: SmolLM2-135M-Instruct on sums in words, "
-                        "8 RL seeds x 5 arms, one run at a time, into results/smollm2/ (~6 h on 2 cores; resumable)")
+                        "8 RL seeds x 5 arms, one run at a time, into results/smollm2/ (~5 h on 2 cores; resumable)")
     parser.add_argument("--ceiling", action="store_true", help="the ceiling study: pilots pick each arm's learning rate, "
                         "then 16 warm starts x 11 arms x 100 steps, a chain-length sweep and Monte-Carlo agreement, into "
                         "results/ceiling/ (~8 h on 2 cores; resumable)")
