@@ -37,7 +37,6 @@ import io
 import json
 import math
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -56,7 +55,7 @@ import grpo_baseline as gb
 from benches import bench_memory, bench_trl
 from benchmark import controls, mc_advantage, paired_stats
 from loop import diagnostics
-from loop.checkpoint import make_dir
+from loop.checkpoint import make_dir, remove
 from loop.data import evaluate, prompt_ids, resolve_instruction
 from loop.embedded_task import ROLE_NAMES, load_task, make_arithmetic_task, task_reward, warm_start
 from loop.language_model import first_line, load_policy
@@ -229,10 +228,7 @@ def run_all(arms, warm_starts, seeds, runs_dir, jobs, budget, threads=1, variant
             with open(os.path.join(out, "done.json"), "w") as f:
                 json.dump(cmd[1:], f)
             if job[0] != "warm":
-                if os.path.exists(checkpoint := os.path.join(out, "checkpoint.pt")):
-                    os.remove(checkpoint)
-                if not keep_final:
-                    shutil.rmtree(os.path.join(out, "final"), ignore_errors=True)
+                remove([os.path.join(out, "checkpoint.pt")] + ([] if keep_final else [os.path.join(out, "final")]))
             finish(job)
     bar.close()
     checks = {}
