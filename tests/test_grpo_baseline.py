@@ -13,7 +13,7 @@ import grpo_baseline as gb
 from loop import dynamic_sampling, embedded_task, job
 from loop.data import DEFAULT_INSTRUCTION, prompt_ids
 from loop.embedded_task import char_tokenizer, load_task, warm_start
-from loop.language_model import load_policy
+from loop.language_model import load_policy, pad_batch
 from loop.options import parse_config
 
 TIMING = ("t_generate", "t_score", "t_credit", "t_update", "peak_mem_mb")
@@ -93,20 +93,20 @@ def test_the_chain_task_logs_credit_against_its_ground_truth(tiny_cfg, monkeypat
     decisive tokens is the uniform share, every role gets A (Â/A = 1), a first wrong token -1. The
     policy is a 1-step warm start; its responses are set (each group's reference solution, right in
     half the group and wrong from its first sum in the other half), so every group has a contrast."""
+    cfg = tiny_cfg(task="chain", max_completion_length=64, max_steps=1, warm_start_steps=1, eval_steps=5, eval_size=2)
+    tok = char_tokenizer()
+    solution = {tuple(prompt_ids(tok, r["question"])): r["solution"] for r in load_task(cfg)[0]}
+
     def responses(model, tokenizer, prompts, cfg, device):
-        rows = [r for r in load_task(cfg)[0] if prompt_ids(tokenizer, r["question"]) in prompts]
-        by_prompt = {tuple(prompt_ids(tokenizer, r["question"])): r["solution"] for r in rows}
         texts = []
         for i, p in enumerate(prompts):
-            right = by_prompt[tuple(p)]
+            right = solution[tuple(p)]
             first_sum = right.index("=") + 1
             texts.append(right if i % 2 == 0 else right[:first_sum] + str((int(right[first_sum]) + 1) % 10) + right[first_sum + 1:])
-        ids = [tokenizer(t).input_ids + [tokenizer.eos_token_id] for t in texts]
-        width = max(map(len, ids))
-        mask = torch.tensor([[1.0] * len(x) + [0.0] * (width - len(x)) for x in ids])
-        return torch.tensor([x + [tokenizer.pad_token_id] * (width - len(x)) for x in ids]), mask, texts
+        _, _, ids, mask = pad_batch([[]] * len(texts), [tokenizer(t).input_ids + [tokenizer.eos_token_id] for t in texts],
+                                    tokenizer.pad_token_id, device)
+        return ids, mask, texts
     monkeypatch.setattr(gb, "generate", responses)
-    cfg = tiny_cfg(task="chain", max_completion_length=64, max_steps=1, warm_start_steps=1, eval_steps=5, eval_size=2)
     gb.train(cfg)
     (m,) = read_metrics(cfg.output_dir)[1:]
     assert m["reward"] == 0.5 and m["zero_adv_groups"] == 0
