@@ -8,7 +8,6 @@ import grpo_baseline as gb
 from benchmark import controls
 from loop.data import prompt_ids, resolve_instruction
 from loop.options import parse_config
-from loop.report import read_metrics
 
 
 def masks(draw, n, length):
@@ -156,12 +155,16 @@ def test_the_value_oracle_reads_a_right_responses_value_as_its_own_probability(t
 
 
 @pytest.mark.parametrize("arm", ["random", "shuffled_oracle", "value_oracle", "soft_oracle"])
-def test_a_control_samples_grpos_batches_common_random_numbers(arm, tiny_cfg):
+def test_a_control_samples_grpos_batches_common_random_numbers(arm, tiny_cfg, monkeypatch):
     """With the policy held still (a learning rate too small to move a float32 weight), an arm's
-    step-2 batch is GRPO's: its credit draws no number from the run's random stream."""
+    step-2 batch is GRPO's, token for token: its credit draws no number from the run's random stream."""
+    rollout = gb.rollout
+
     def step_two(config_cls, seams, name):
+        drawn = []
+        monkeypatch.setattr(gb, "rollout", lambda *a, **k: drawn.append(rollout(*a, **k)) or drawn[-1])
         cfg = tiny_cfg(config_cls, learning_rate=1e-30, max_steps=2, output_dir=str(tiny_cfg().output_dir) + name)
         gb.train(cfg, **seams)
-        return [{k: m[k] for k in ("reward", "response_length", "sampled_tokens")} for m in read_metrics(cfg.output_dir)[1:]]
+        return drawn[1][0].completion_ids
     cfg_cls, seams = controls.ARMS[arm]
-    assert step_two(cfg_cls, seams, arm) == step_two(gb.GRPOConfig, gb.METHOD, "grpo")
+    assert torch.equal(step_two(cfg_cls, seams, arm), step_two(gb.GRPOConfig, gb.METHOD, "grpo"))
