@@ -57,7 +57,7 @@ from benchmark import controls, mc_advantage, paired_stats
 from loop import diagnostics
 from loop.checkpoint import make_dir, remove
 from loop.data import evaluate, prompt_ids, resolve_instruction
-from loop.embedded_task import ROLE_NAMES, load_task, make_arithmetic_task, task_reward, warm_start
+from loop.embedded_task import ROLE_NAMES, is_built, load_task, make_arithmetic_task, task_reward, warm_start, warm_start_spec
 from loop.language_model import first_line, load_policy
 from loop.options import parse_config
 from loop.report import PHASES, credit_examples, phase_means, plot_curves, read_metrics, render_credit_html, render_credit_png
@@ -168,7 +168,7 @@ def check_warm_start(cfg, out):
 RL_ONLY = ("learning_rate", "max_steps", "eval_steps", "prompts_per_step", "num_generations")
 
 
-def run_all(arms, warm_starts, seeds, runs_dir, jobs, budget, threads=1, variants=None, keep_final=True):
+def run_all(arms, warm_starts, seeds, runs_dir, jobs, budget, threads=1, variants=None, keep_final=True, finals=()):
     """Build and check every warm start, then train every arm from each with every seed:
     subprocesses, `jobs` at a time, `threads` each (on the tiny model two single-threaded runs do
     more work than one two-threaded run). variants: {label: (arm, options)} for labels in `arms`
@@ -176,41 +176,53 @@ def run_all(arms, warm_starts, seeds, runs_dir, jobs, budget, threads=1, variant
     that finished before with the same options (its done.json) is not run again: a killed benchmark
     resumes, and --full reuses the default's runs (remove runs/ after changing the code). A finished
     run's checkpoint is deleted (it never resumes again; 1.6 GB on the real model), and its final
-    model too unless keep_final (the Monte-Carlo agreement reads it).
+    model too unless keep_final (the Monte-Carlo agreement reads it). A study committed part by part
+    resumes in a fresh clone, where no model survives: a checked warm start is built again only
+    while a run from it is left, and a run from a warm start in `finals` that lost its final model
+    runs again.
     Returns ({warm start: checks}, {label: [(w, s, dir)]})."""
     variants = variants or {}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+    def command(kind, w, s):  # (output folder, command) of a job
+        out = os.path.join(runs_dir, f"warm{w}", "checks" if kind == "warm" else f"{kind}_seed{s}")
+        options = {**budget, "warm_start_seed": w, "output_dir": out}
+        if kind == "warm":  # without the RL options, which no check reads: a new learning rate reruns no check
+            checked = {k: v for k, v in options.items() if k not in RL_ONLY}
+            return out, [sys.executable, "compare.py", "--check_warm_start", *cli(checked)]  # relative, as the runs':
+            # done.json holds it, and a committed run must resume in a clone anywhere
+        arm, own = variants.get(kind, (kind, {}))
+        seed, data_seed = run_seeds(arm, w, s)
+        options.update(seed=seed, data_seed=data_seed, save_steps=budget["max_steps"], **ARM_OPTIONS.get(arm, {}), **own)
+        return out, [sys.executable, *ARMS[arm][0], *cli(options), "--overwrite_output_dir"]
     queue = [("warm", w, None) for w in warm_starts] + [(a, w, s) for w in warm_starts for s in seeds for a in arms]
+    commands = {job: command(*job) for job in queue}
+    runs = {a: [(w, s, commands[a, w, s][0]) for w in warm_starts for s in seeds] for a in arms}
+
+    def finished(job):
+        out, cmd = commands[job]
+        if job[0] == "warm":
+            cfg = gb.GRPOConfig(**budget, warm_start_seed=job[1])
+            model_kept = bool(cfg.model) or is_built(warm_start_spec(cfg)[1])
+            return done(out) == cmd[1:] and (model_kept or all(finished(j) for j in queue if j[0] != "warm" and j[1] == job[1]))
+        return done(out) == cmd[1:] and (job[1] not in finals or os.path.exists(os.path.join(out, "final")))
     cost = {"warm": 5}  # a warm start takes about as long as five runs: the progress bar's weights
     bar = tqdm(total=sum(cost.get(j[0], 1) for j in queue), desc="benchmark", unit="run", file=sys.stdout)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    running, built, runs = {}, set(), {a: [] for a in arms}
+    running, built = {}, set()
 
     def finish(job):
         if job[0] == "warm":
             built.add(job[1])
         bar.update(cost.get(job[0], 1))
         bar.set_postfix(done=f"{job[0]} w{job[1]}" + (f" s{job[2]}" if job[2] is not None else ""))
+    for job in [j for j in queue if finished(j)]:
+        queue.remove(job)
+        finish(job)
     while queue or running:
         for job in [j for j in queue if j[0] == "warm" or j[1] in built][:jobs - len(running)]:
             queue.remove(job)
-            kind, w, s = job
-            out = os.path.join(runs_dir, f"warm{w}", "checks" if kind == "warm" else f"{kind}_seed{s}")
+            out, cmd = commands[job]
             os.makedirs(out, exist_ok=True)
-            options = {**budget, "warm_start_seed": w, "output_dir": out}
-            if kind == "warm":  # without the RL options, which no check reads: a new learning rate reruns no check
-                checked = {k: v for k, v in options.items() if k not in RL_ONLY}
-                cmd = [sys.executable, "compare.py", "--check_warm_start", *cli(checked)]  # relative, as the runs': done.json
-                # holds it, and a committed run (the real tier's) must resume in a clone anywhere
-            else:
-                arm, own = variants.get(kind, (kind, {}))
-                seed, data_seed = run_seeds(arm, w, s)
-                options.update(seed=seed, data_seed=data_seed, save_steps=budget["max_steps"])
-                options.update({**ARM_OPTIONS.get(arm, {}), **own})
-                cmd = [sys.executable, *ARMS[arm][0], *cli(options), "--overwrite_output_dir"]
-                runs[kind].append((w, s, out))
-            if done(out) == cmd[1:]:  # finished before with these options (--full reuses the default's runs)
-                finish(job)
-                continue
             if os.path.exists(os.path.join(out, "done.json")):
                 os.remove(os.path.join(out, "done.json"))
             log = open(os.path.join(out, "log.txt"), "w")
@@ -598,24 +610,66 @@ def read_histories(runs):
     return {a: {(w, s): read_metrics(out) for w, s, out in rs} for a, rs in runs.items()}
 
 
-def run_ceiling(arms, warm_starts, seeds, runs_dir, jobs, budget):
-    """The ceiling study's runs, in order: pilots, the confirmatory runs at each arm's chosen options,
-    then the chain-length sweep (GRPO and the best oracle, each at its options). Every phase resumes.
+def run_ceiling(arms, warm_starts, seeds, results_dir, jobs, budget, device):
+    """The ceiling study's runs, in order: pilots; the confirmatory runs at each arm's chosen options,
+    first from the warm starts the Monte-Carlo agreement reads, which it judges then (while their
+    final models exist), then from the others; then the chain-length sweep (GRPO and the best oracle,
+    each at its options). Each part is kept in results_dir as it ends and resumes from there in a
+    fresh clone, where no model survives: the pilots in pilot_metrics.jsonl.gz, each run's per-step
+    metrics in runs/, the agreement in mc/ (all committed while the study goes on).
     Returns (checks, confirmatory runs, {label: pilot histories}, grid, {operands: sweep histories})."""
-    grid = pilot_grid(arms)
-    _, pilot_runs = run_all(list(grid), CEILING["pilot_warm_starts"], seeds, os.path.join(runs_dir, "pilot"), jobs, budget,
-                            variants=grid)
-    pilots = read_histories(pilot_runs)
+    runs_dir, grid = os.path.join(results_dir, "runs"), pilot_grid(arms)
+    pilots_file = os.path.join(results_dir, "pilot_metrics.jsonl.gz")
+    pilots = committed_pilots(pilots_file, grid, seeds, budget)
+    if pilots is None:
+        _, pilot_runs = run_all(list(grid), CEILING["pilot_warm_starts"], seeds, os.path.join(runs_dir, "pilot"), jobs,
+                                budget, variants=grid, keep_final=False)
+        pilots = read_histories(pilot_runs)
+        write_metrics(pilots_file, pilots)  # the choices below rest on it, committed before any confirmatory run
     chosen = choose(grid, pilots)
     variants = {a: (a, chosen[a]["options"]) for a in arms}
-    checks, runs = run_all(arms, warm_starts, seeds, runs_dir, jobs, budget, variants=variants)
+    judged, mc_dir = warm_starts[:MC_SAMPLE["ceiling"][0]], os.path.join(results_dir, "mc")
+    checks, runs = run_all(arms, judged, seeds, runs_dir, jobs, budget, variants=variants,
+                           finals=[w for w in judged if not os.path.exists(os.path.join(mc_dir, f"warm{w}.json"))])
+    print("Monte-Carlo agreement (fixed responses, at the warm start and at each arm's end)...", flush=True)
+    mc_agreement(arms, runs, budget, judged, MC_SAMPLE["ceiling"], device, credit_options(chosen), mc_dir)
+    more_checks, more_runs = run_all(arms, warm_starts[len(judged):], seeds, runs_dir, jobs, budget, variants=variants,
+                                     keep_final=False)
+    checks.update(more_checks)
+    runs = {a: runs[a] + more_runs[a] for a in arms}
     best = best_oracle(chosen)
     sweeps = {}
     for k in CEILING["operands"]:
         _, sweep_runs = run_all(["grpo", best], CEILING["sweep_warm_starts"], seeds, os.path.join(runs_dir, f"operands{k}"),
-                                jobs, {**budget, "task_operands": k}, variants=variants)
+                                jobs, {**budget, "task_operands": k}, variants=variants, keep_final=False)
         sweeps[k] = read_histories(sweep_runs)
     return checks, runs, pilots, grid, sweeps
+
+
+def committed_pilots(path, grid, seeds, budget):
+    """The pilots of path (write_metrics' file) when it holds every label of the grid from every pilot
+    warm start and seed, each run whole at the label's learning rate; else None (they are run)."""
+    try:
+        pilots = read_metrics_file(path)
+    except OSError:
+        return None
+    except (EOFError, zlib.error, ValueError) as e:
+        print(f"{path}: {first_line(e) or type(e).__name__}; the pilots run again", flush=True)
+        return None
+    runs = sorted((w, s) for w in CEILING["pilot_warm_starts"] for s in seeds)
+    steps = list(range(budget["max_steps"] + 1))
+    whole = set(pilots) == set(grid) and all(
+        sorted(pilots[label]) == runs and all([m.get("step") for m in h] == steps and h[0].get("learning_rate")
+                                              == options["learning_rate"] for h in pilots[label].values())
+        for label, (_, options) in grid.items())
+    if not whole:
+        print(f"{path} does not hold this grid's pilots whole; they run", flush=True)
+    return pilots if whole else None
+
+
+def credit_options(chosen):
+    """{arm: its chosen options but the learning rate}: what shapes its credit (mc_agreement's options)."""
+    return {a: {k: v for k, v in c["options"].items() if k != "learning_rate"} for a, c in chosen.items()}
 
 
 def informative_batch(model, tokenizer, train_rows, cfg, device, tries=20, first=0):
@@ -634,7 +688,7 @@ def informative_batch(model, tokenizer, train_rows, cfg, device, tries=20, first
     return batch, k
 
 
-def mc_agreement(arms, runs, budget, warm_starts, sample, device, options=None):
+def mc_agreement(arms, runs, budget, warm_starts, sample, device, options, folder):
     """Each arm's token credit Â against the Monte-Carlo token advantage A_MC = V(s_{t+1}) - V(s_t)
     (mc_advantage) on one fixed set of responses: from each warm start, one response with A != 0 of
     each of `prompts` prompts, sampled by the warm start. At the start, every arm's credit and A_MC
@@ -642,50 +696,73 @@ def mc_agreement(arms, runs, budget, warm_starts, sample, device, options=None):
     from that warm start), on the same responses. sample = (warm starts, prompts per warm start,
     continuations per prefix K). Also the exact A^π of the value oracle (controls.chain_advantages)
     against A_MC at the start: how far the ceiling's critic is from the truth it stands for.
+    options: {arm: the options its runs were chosen at (the ceiling's; a learning rate changes no
+    credit)}, so each credit is the one trained. Each warm start's numbers are kept in
+    folder/warm{w}.json (kept), so a study resumed where its final models are gone needs them no more.
     Returns ({arm: {"start": pooled, "end": pooled}}, value check), each pooled over the responses
-    with 95% bootstrap intervals over prompts (pooled_agreement). options: {arm: the options its runs
-    were chosen at (the ceiling's; a learning rate changes no credit)}, so each credit is the one trained."""
-    n_warm, prompts, continuations = sample
+    with 95% bootstrap intervals over prompts (pooled_agreement)."""
     rows = {a: {"start": [], "end": []} for a in arms}
     exact = []
-    for w in warm_starts[:n_warm]:
-        cfg = gb.GRPOConfig(**budget, warm_start_seed=w)
-        train_rows, eval_rows = load_task(cfg)
-        reward = task_reward(cfg)
-        model, tokenizer = load_policy(warm_start(cfg, train_rows, eval_rows, device), cfg, device)
-        batches, block = [], 0  # (batch, the first A != 0 response of each group that has one)
-        while sum(len(p) for _, p in batches) < prompts:
-            batch, block = informative_batch(model, tokenizer, train_rows, cfg, device, first=block)
-            block += 1
-            nonzero = (batch.advantages != 0).view(-1, batch.group_size)
-            picks = [g * batch.group_size + int(nonzero[g].nonzero()[0]) for g in range(len(nonzero)) if nonzero[g].any()]
-            batches.append((batch, picks[:prompts - sum(len(p) for _, p in batches)]))
-
-        def judge(model, names, when):
-            for batch, picks in batches:
-                batch.old_logp, batch.entropy = gb.score_pi_old(model, batch, cfg)  # this model's pi_old
-                pick = torch.tensor(picks)
-                values = mc_advantage.prefix_values(model, tokenizer, [batch.prompts[i] for i in picks],
-                                                    batch.completion_ids[pick], batch.completion_mask[pick],
-                                                    [batch.rows[i] for i in picks], lambda t, r: reward(t, r)[0], cfg,
-                                                    device, continuations=continuations)
-                mask = batch.completion_mask[pick]
-                mc = mc_advantage.mc_token_advantages(values, mask)
-                errors = mc_advantage.mc_standard_errors(values, mask, continuations)
-                for name in names:
-                    batch.scored_under = None
-                    token_adv, _ = ARMS[name][2]["credit"](batch, model, tokenizer,
-                                                           method_config(name, **budget, **(options or {}).get(name, {})), 1)
-                    rows[name][when] += [(token_adv[i], mc[k], mask[k], errors[k]) for k, i in enumerate(picks)]
-                if when == "start":
-                    truth, _ = controls.chain_advantages(batch, model, tokenizer, cfg, 1)
-                    exact.extend((truth[i].float(), mc[k], mask[k], errors[k]) for k, i in enumerate(picks))
-        judge(model, list(arms), "start")
-        for name in arms:
-            out = next(r[2] for r in runs[name] if r[0] == w)
-            judge(load_policy(os.path.join(out, "final"), cfg, device)[0], [name], "end")
+    os.makedirs(folder, exist_ok=True)
+    for w in warm_starts[:sample[0]]:
+        mine = {a: next(out for v, _, out in runs[a] if v == w) for a in arms}
+        key = [sorted(arms), sample, w, options, budget, code_digest(), {a: read_metrics(out) for a, out in mine.items()}]
+        got = kept(os.path.join(folder, f"warm{w}.json"), key,
+                   lambda: mc_rows(arms, mine, budget, w, sample, device, options))
+        for name, by in got["arms"].items():
+            for when, rs in by.items():
+                rows[name][when] += [tuple(map(torch.tensor, r)) for r in rs]
+        exact += [tuple(map(torch.tensor, r)) for r in got["exact"]]
     return ({name: {when: pooled_agreement(rs) for when, rs in by.items()} for name, by in rows.items()},
             pooled_agreement(exact))
+
+
+def mc_rows(arms, finals, budget, w, sample, device, options):
+    """mc_agreement's numbers from warm start w, as lists: {"arms": {arm: {"start"|"end": [(Â, A_MC,
+    mask, standard error) per response]}}, "exact": [(A^π, A_MC, mask, standard error)]}. finals:
+    {arm: its run's folder, whose final model is judged at the end}."""
+    _, prompts, continuations = sample
+    for out in finals.values():
+        if not os.path.exists(os.path.join(out, "final")):
+            sys.exit(f"error: the Monte-Carlo agreement reads {out}/final, which is gone: remove {out}/done.json "
+                     "and run the study again (it trains that run again)")
+    cfg = gb.GRPOConfig(**budget, warm_start_seed=w)
+    train_rows, eval_rows = load_task(cfg)
+    reward = task_reward(cfg)
+    model, tokenizer = load_policy(warm_start(cfg, train_rows, eval_rows, device), cfg, device)
+    batches, block = [], 0  # (batch, the first A != 0 response of each group that has one)
+    while sum(len(p) for _, p in batches) < prompts:
+        batch, block = informative_batch(model, tokenizer, train_rows, cfg, device, first=block)
+        block += 1
+        nonzero = (batch.advantages != 0).view(-1, batch.group_size)
+        picks = [g * batch.group_size + int(nonzero[g].nonzero()[0]) for g in range(len(nonzero)) if nonzero[g].any()]
+        batches.append((batch, picks[:prompts - sum(len(p) for _, p in batches)]))
+    got = {"arms": {a: {"start": [], "end": []} for a in arms}, "exact": []}
+
+    def judge(model, names, when):
+        for batch, picks in batches:
+            batch.old_logp, batch.entropy = gb.score_pi_old(model, batch, cfg)  # this model's pi_old
+            pick = torch.tensor(picks)
+            values = mc_advantage.prefix_values(model, tokenizer, [batch.prompts[i] for i in picks],
+                                                batch.completion_ids[pick], batch.completion_mask[pick],
+                                                [batch.rows[i] for i in picks], lambda t, r: reward(t, r)[0], cfg,
+                                                device, continuations=continuations)
+            mask = batch.completion_mask[pick]
+            mc = mc_advantage.mc_token_advantages(values, mask)
+            errors = mc_advantage.mc_standard_errors(values, mask, continuations)
+            for name in names:
+                batch.scored_under = None
+                token_adv, _ = ARMS[name][2]["credit"](batch, model, tokenizer,
+                                                       method_config(name, **budget, **(options or {}).get(name, {})), 1)
+                got["arms"][name][when] += [[t.tolist() for t in (token_adv[i], mc[k], mask[k], errors[k])]
+                                            for k, i in enumerate(picks)]
+            if when == "start":
+                truth, _ = controls.chain_advantages(batch, model, tokenizer, cfg, 1)
+                got["exact"] += [[t.tolist() for t in (truth[i].float(), mc[k], mask[k], errors[k])] for k, i in enumerate(picks)]
+    judge(model, list(arms), "start")
+    for name in arms:
+        judge(load_policy(os.path.join(finals[name], "final"), cfg, device)[0], [name], "end")
+    return got
 
 
 def code_digest():
@@ -951,9 +1028,10 @@ def main():
     # ones), and keep their runs beside the results so that the tier resumes in any clone
     if args.real and args.jobs not in (None, 1):
         parser.error(f"--jobs {args.jobs}: --real runs one run at a time on every core; leave --jobs out")
-    if args.real and args.runs_dir != "runs":
-        parser.error("--runs_dir: --real keeps its runs in results/smollm2/runs/ (committed, to resume anywhere); "
-                     "leave --runs_dir out, or move the tier with --results_dir")
+    if (args.real or args.ceiling) and args.runs_dir != "runs":
+        parser.error(f"--runs_dir: --{'real' if args.real else 'ceiling'} keeps its runs in results/"
+                     f"{PRESETS['real' if args.real else 'ceiling'][4]}/runs/ (committed, to resume anywhere); "
+                     "leave --runs_dir out, or move it with --results_dir")
     if args.bench:
         return bench()
     if args.recompute:
@@ -981,39 +1059,35 @@ def main():
             parser.error(f"the ceiling study's chain-length sweep: {e}")
     # the default's runs are --full's first ones (same budget, seeds and warm starts): one folder, reused
     results_dir = os.path.normpath(os.path.join(args.results_dir, folder))
-    runs_dir = os.path.join(results_dir, "runs") if preset == "real" else \
-        os.path.join(args.runs_dir, "chain", preset if preset in ("quick", "ceiling") else "")
+    runs_dir = os.path.join(results_dir, "runs") if preset in ("real", "ceiling") else \
+        os.path.join(args.runs_dir, "chain", preset if preset == "quick" else "")
     for flag, folder in (("--results_dir", results_dir), ("--runs_dir", runs_dir)):
         try:  # before any run: a folder that cannot be written would fail only after the benchmark
             make_dir(folder, flag)
         except ValueError as e:
             parser.error(str(e))
-    start = time.time()
+    start, device = time.time(), torch.device("cpu")
     jobs = 1 if preset == "real" else args.jobs or 2
     if preset == "ceiling":
-        checks, runs, pilots, grid, sweeps = run_ceiling(arms, warm_starts, seeds, runs_dir, jobs, budget)
+        checks, runs, pilots, grid, sweeps = run_ceiling(arms, warm_starts, seeds, results_dir, jobs, budget, device)
     else:
         checks, runs = run_all(arms, warm_starts, seeds, runs_dir, jobs, budget, threads=os.cpu_count() if preset == "real" else 1,
                                keep_final=preset != "real")
     histories = read_histories(runs)
     summary = aggregate(histories)
-    device = torch.device("cpu")
     os.makedirs(results_dir, exist_ok=True)
     write_metrics(os.path.join(results_dir, "metrics.jsonl.gz"), histories)  # first: what the runs made is kept
     ceiling, options = None, None
     if preset == "ceiling":
-        write_metrics(os.path.join(results_dir, "pilot_metrics.jsonl.gz"), pilots)
         for k, hs in sweeps.items():
             write_metrics(os.path.join(results_dir, f"operands{k}_metrics.jsonl.gz"), hs)
         ceiling = ceiling_report(grid, pilots, sweeps, histories)
-        options = {a: {k: v for k, v in c["options"].items() if k != "learning_rate"} for a, c in ceiling[0]["chosen"].items()}
+        options = credit_options(ceiling[0]["chosen"])
     mc, value_check = {}, None
     if preset in MC_SAMPLE:  # the words task has no exact token values; K continuations per prefix of a 135M model do not fit
         print("Monte-Carlo agreement (fixed responses, at the warm start and at each arm's end)...", flush=True)
-        key = [arms, MC_SAMPLE[preset], warm_starts, options, budget, code_digest(),
-               [[a, w, s, h] for a, hs in sorted(histories.items()) for (w, s), h in sorted(hs.items())]]
-        mc, value_check = kept(os.path.join(results_dir, "mc.json"), key,
-                               lambda: mc_agreement(arms, runs, budget, warm_starts, MC_SAMPLE[preset], device, options))
+        mc, value_check = mc_agreement(arms, runs, budget, warm_starts, MC_SAMPLE[preset], device, options,
+                                       os.path.join(results_dir, "mc"))
     credit_pictures(os.path.join(results_dir, "credit_smollm2" if preset == "real" else "credit_embedded"),
                     gb.GRPOConfig(**budget, warm_start_seed=warm_starts[0]), device)
     plot_curves({a: list(hs.values()) for a, hs in histories.items()}, os.path.join(results_dir, "curves.png"))

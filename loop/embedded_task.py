@@ -359,6 +359,20 @@ def warm_start_corpus(rng, row, cfg):
     return row["question"] + "\n", solution
 
 
+def warm_start_spec(cfg):
+    """What shapes the warm start of cfg, and the folder it is cached in (keyed by all of it)."""
+    spec = {"version": 10, "confusable": CONFUSABLE_SHARE[cfg.task], "layers": 4, "hidden": 128, "heads": 4, "steps": cfg.warm_start_steps,
+            "batch": 64, "lr": 3e-3, "operands": cfg.task_operands, "max_operand": cfg.task_max_operand,
+            "vocab": char_tokenizer().get_vocab(), "task": cfg.task, "seed": cfg.warm_start_seed}
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    return spec, os.path.join(cfg.cache_dir, f"warmstart-{key}")
+
+
+def is_built(path):
+    """Whether a warm start was written whole to path (warm_start.json goes last)."""
+    return os.path.exists(os.path.join(path, "warm_start.json"))
+
+
 def warm_start(cfg, train_rows, eval_rows, device):
     """Path of the embedded model: a tiny Llama trained from scratch on the task to partial
     competence, cached on disk keyed by everything that shapes it (so every method and seed
@@ -367,12 +381,8 @@ def warm_start(cfg, train_rows, eval_rows, device):
     if os.path.exists(cfg.cache_dir) and not os.path.isdir(cfg.cache_dir):
         raise ValueError(f"--cache_dir {cfg.cache_dir} is a file, not a directory; choose another --cache_dir")
     tokenizer = char_tokenizer()
-    spec = {"version": 10, "confusable": CONFUSABLE_SHARE[cfg.task], "layers": 4, "hidden": 128, "heads": 4, "steps": cfg.warm_start_steps,
-            "batch": 64, "lr": 3e-3, "operands": cfg.task_operands, "max_operand": cfg.task_max_operand,
-            "vocab": tokenizer.get_vocab(), "task": cfg.task, "seed": cfg.warm_start_seed}
-    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
-    path = os.path.join(cfg.cache_dir, f"warmstart-{key}")
-    if os.path.exists(os.path.join(path, "warm_start.json")):
+    spec, path = warm_start_spec(cfg)
+    if is_built(path):
         return path
     torch.manual_seed(cfg.warm_start_seed)
     rng = random.Random(cfg.warm_start_seed)

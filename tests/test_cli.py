@@ -121,6 +121,7 @@ def test_any_value_of_any_option_parses_or_is_one_line_naming_the_flag(config_cl
     (["--ceiling", "--arms", "grpo", "gcpo"], "--arms: the ceiling study needs one of value_oracle, soft_oracle, oracle"),
     (["--real", "--jobs", "2"], "--jobs 2: --real runs one run at a time on every core; leave --jobs out"),
     (["--real", "--runs_dir", "elsewhere"], "--runs_dir: --real keeps its runs in results/smollm2/runs/"),
+    (["--ceiling", "--runs_dir", "elsewhere"], "--runs_dir: --ceiling keeps its runs in results/ceiling/runs/"),
 ])
 def test_compare_refuses_before_training_what_would_hang_or_crash_it(argv, problem, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["compare.py", *argv])

@@ -3,6 +3,7 @@ runs take minutes; tests/test_paired_stats.py checks the statistics' calibration
 import json
 import math
 import os
+import shutil
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import compare
 import gold
 import grpo_baseline as gb
+from loop.embedded_task import warm_start_spec
 
 
 def history(accs, sec=1.0, every=10, **credit):
@@ -220,6 +222,9 @@ def test_a_killed_benchmark_resumes_without_rerunning_what_finished(tmp_path, mo
     assert not any(os.path.isabs(a) for cmd in launched for a in cmd[1:])  # done.json is the same in a clone anywhere
     first = list(launched)
     launched.clear()
+    model = tmp_path / warm_start_spec(gb.GRPOConfig(**budget, warm_start_seed=0))[1]
+    model.mkdir(parents=True)
+    (model / "warm_start.json").write_text("{}")  # the warm start the check built (the stand-in wrote none)
     (tmp_path / "runs/warm0/gcpo_seed0/done.json").unlink()  # killed before it finished
     compare.run_all(["grpo", "gcpo"], [0], [0], "runs", 1, budget)
     assert launched == [first[2]]
@@ -229,6 +234,18 @@ def test_a_killed_benchmark_resumes_without_rerunning_what_finished(tmp_path, mo
     launched.clear()
     compare.run_all(["grpo", "gcpo"], [0], [0], "runs", 1, {**budget, "max_steps": 3, "learning_rate": 1e-5, "eval_size": 50})
     assert len(launched) == 3  # an option a check reads: the check too
+    last = list(launched)
+    launched.clear()
+    shutil.rmtree(model)  # a fresh clone of the committed runs: no model survives
+    budget = {**budget, "max_steps": 3, "learning_rate": 1e-5, "eval_size": 50}
+    compare.run_all(["grpo", "gcpo"], [0], [0], "runs", 1, budget)
+    assert launched == []  # every run from it done: the warm start is not built again
+    (tmp_path / "runs/warm0/gcpo_seed0/done.json").unlink()
+    compare.run_all(["grpo", "gcpo"], [0], [0], "runs", 1, budget)
+    assert launched == [last[0], last[2]]  # a run left: its warm start is built (and checked) first
+    launched.clear()
+    compare.run_all(["grpo", "gcpo"], [0], [0], "runs", 1, budget, finals=[0])
+    assert launched == last  # the final models gone: the runs that must keep one run again, after their warm start
 
 
 def test_with_one_pretrained_start_the_unit_is_the_rl_seed_and_the_summary_is_the_words_task(tmp_path):
@@ -277,7 +294,9 @@ def fake_runs(monkeypatch, tmp_path, accuracy):
             else:
                 acc = accuracy(" ".join(cmd[1:4]), options)
                 steps = int(options["max_steps"])
-                (out / "metrics.jsonl").write_text("\n".join(json.dumps(m) for m in history([0.3, acc], every=steps)))
+                h = history([0.3, acc], every=steps)
+                h[0]["learning_rate"] = float(options.get("learning_rate", gb.GRPOConfig.learning_rate))  # as a run logs it
+                (out / "metrics.jsonl").write_text("\n".join(json.dumps(m) for m in h))
                 (out / "checkpoint.pt").write_bytes(b"weights")
                 (out / "final").mkdir(exist_ok=True)
 
@@ -303,14 +322,28 @@ def test_the_ceiling_study_tunes_each_arm_on_its_pilots_then_runs_the_best_oracl
             return 0.9 if int(o["warm_start_seed"]) < 100 else 0.4
         return 0.5 - abs(lr - 1e-4) * 100 + 0.001 * (int(o["seed"]) % 2)
     launched = fake_runs(monkeypatch, tmp_path, accuracy)
+    judged = []  # the Monte-Carlo agreement: the runs it reads, and how many had started when it ran
+
+    def agreement(arms, runs, budget, warm_starts, sample, device, options, folder):
+        judged.append((runs, len(launched)))
+        os.makedirs(folder, exist_ok=True)
+        for w in warm_starts[:sample[0]]:
+            (tmp_path / folder / f"warm{w}.json").write_text("{}")
+    monkeypatch.setattr(compare, "mc_agreement", agreement)
+    monkeypatch.setitem(compare.MC_SAMPLE, "ceiling", (1, 13, 64))
     budget = {**compare.BUDGET, "max_steps": 4}
-    checks, runs, pilots, grid, sweeps = compare.run_ceiling(["grpo", "soft_oracle", "oracle"], [0, 1, 2], [0], "runs", 1, budget)
+    checks, runs, pilots, grid, sweeps = compare.run_ceiling(["grpo", "soft_oracle", "oracle"], [0, 1, 2], [0], "results", 1,
+                                                             budget, "cpu")
     rates, betas = compare.CEILING["learning_rates"], compare.CEILING["decided_weights"]
     assert len(grid) == len(rates) * (2 + len(betas)) and set(pilots) == set(grid) and all(len(h) == 2 for h in pilots.values())
     chosen = compare.choose(grid, pilots)
     assert chosen["grpo"]["options"] == {"learning_rate": 1e-4}
     assert chosen["soft_oracle"]["options"] == {"learning_rate": 2e-4, "decided_weight": 16.0}
     confirm = [c for c in launched if "runs/warm" in c[c.index("--output_dir") + 1] and "--check_warm_start" not in c]
+    mc_runs, before = judged[0]  # judged right after the runs from its warm start, before any other confirmatory run
+    out = [c[c.index("--output_dir") + 1] for c in launched]
+    assert {w for rs in mc_runs.values() for w, _, _ in rs} == {0} and out.index("results/runs/warm1/checks") == before
+    assert sum(o.startswith("results/runs/warm0/") for o in out[:before]) == 1 + 3
     assert all(c[c.index("--learning_rate") + 1] == ("0.0001" if c[1] == "grpo_baseline.py" else "0.0002")
                for c in confirm if c[3] != "oracle")
     assert sorted(sweeps) == [5, 6] and all(set(hs) == {"grpo", "soft_oracle"} for hs in sweeps.values())
@@ -331,6 +364,18 @@ def test_the_ceiling_study_tunes_each_arm_on_its_pilots_then_runs_the_best_oracl
     compare.main()
     assert json.loads((tmp_path / "summary.json").read_text()) == first and "| soft_oracle |" in capsys.readouterr().out
 
+    # a fresh clone of what was committed as it went: no model, no pilot run, only their file
+    shutil.rmtree(tmp_path / "results/runs/pilot")
+    for final in (tmp_path / "results/runs").glob("**/final"):
+        shutil.rmtree(final)
+    launched.clear()
+    assert compare.run_ceiling(["grpo", "soft_oracle", "oracle"], [0, 1, 2], [0], "results", 1, budget, "cpu")[2] == pilots
+    assert launched == []
+    (tmp_path / "results/mc/warm0.json").unlink()  # the agreement not kept: the runs it judges train again
+    compare.run_ceiling(["grpo", "soft_oracle", "oracle"], [0, 1, 2], [0], "results", 1, budget, "cpu")
+    assert sorted(c[c.index("--output_dir") + 1] for c in launched) == [
+        f"results/runs/warm0/{d}" for d in ("checks", "grpo_seed0", "oracle_seed0", "soft_oracle_seed0")]
+
 
 def test_the_ceiling_study_refuses_a_chain_length_it_cannot_build_before_any_run(tmp_path, monkeypatch, capsys):
     """3 operands of 0-9 make 1,000 distinct problems, too few for 4,000 training and 1,000 held-out
@@ -339,7 +384,7 @@ def test_the_ceiling_study_refuses_a_chain_length_it_cannot_build_before_any_run
     compare.check_sweep_lengths({**compare.BUDGET, **compare.PRESETS["ceiling"][3]})
     monkeypatch.setitem(compare.CEILING, "operands", [3, 5])
     monkeypatch.setattr(compare.subprocess, "Popen", lambda *a, **k: pytest.fail("a run started"))
-    monkeypatch.setattr("sys.argv", ["compare.py", "--ceiling", "--results_dir", str(tmp_path), "--runs_dir", str(tmp_path)])
+    monkeypatch.setattr("sys.argv", ["compare.py", "--ceiling", "--results_dir", str(tmp_path)])
     with pytest.raises(SystemExit):
         compare.main()
     err = capsys.readouterr().err.strip().splitlines()[-1]
@@ -400,7 +445,6 @@ def test_the_monte_carlo_agreement_judges_every_arm_on_the_same_responses_at_bot
     final model is judged on those same responses (the same tokens counted), with bootstrap
     intervals, each credit at the options its runs were chosen at (the soft oracle's β was once its
     default whatever the pilots chose); the value oracle's exact A^π is checked against A_MC."""
-    import shutil
     from loop.embedded_task import load_task, warm_start
     budget = dict(task="sum", cache_dir=warm_cache, warm_start_steps=250, prompts_per_step=4, num_generations=4,
                   max_completion_length=40, micro_batch_size=8)
@@ -411,8 +455,15 @@ def test_the_monte_carlo_agreement_judges_every_arm_on_the_same_responses_at_bot
         shutil.copytree(path, tmp_path / arm / "final")
         runs[arm] = [(0, 0, str(tmp_path / arm))]
     monkeypatch.setattr(compare, "method_config", lambda name, **o: seen.append((name, o.get("decided_weight"))) or config(name, **o))
+    for arm in runs:
+        (tmp_path / arm / "metrics.jsonl").write_text(json.dumps({"step": 0, "eval_acc": 0.5}))
     mc, exact = compare.mc_agreement(["grpo", "soft_oracle"], runs, budget, [0], (1, 3, 4), torch.device("cpu"),
-                                     {"soft_oracle": {"decided_weight": 16.0}})
+                                     {"soft_oracle": {"decided_weight": 16.0}}, tmp_path / "mc")
+    for arm in runs:  # a fresh clone: the final models are gone, the kept numbers are read back
+        shutil.rmtree(tmp_path / arm / "final")
+    monkeypatch.setattr(compare, "load_policy", lambda *a: pytest.fail("a model was loaded"))
+    assert compare.mc_agreement(["grpo", "soft_oracle"], runs, budget, [0], (1, 3, 4), torch.device("cpu"),
+                                {"soft_oracle": {"decided_weight": 16.0}}, tmp_path / "mc") == (mc, exact)
     assert ("soft_oracle", 16.0) in seen and ("soft_oracle", None) not in seen
     for arm, by in mc.items():
         assert by["start"]["responses"] == by["end"]["responses"] == 3 and by["start"]["tokens"] == by["end"]["tokens"]
