@@ -195,7 +195,8 @@ def run_all(arms, warm_starts, seeds, runs_dir, jobs, budget, threads=1, variant
         seed, data_seed = run_seeds(arm, w, s)
         options.update(seed=seed, data_seed=data_seed, save_steps=budget["max_steps"], **ARM_OPTIONS.get(arm, {}), **own)
         return out, [sys.executable, *ARMS[arm][0], *cli(options), "--overwrite_output_dir"]
-    queue = [("warm", w, None) for w in warm_starts] + [(a, w, s) for w in warm_starts for s in seeds for a in arms]
+    # each warm start just before its runs: a session that ends builds no warm start it did not use
+    queue = [job for w in warm_starts for job in [("warm", w, None)] + [(a, w, s) for s in seeds for a in arms]]
     commands = {job: command(*job) for job in queue}
     runs = {a: [(w, s, commands[a, w, s][0]) for w in warm_starts for s in seeds] for a in arms}
 

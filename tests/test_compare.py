@@ -404,6 +404,15 @@ def test_a_finished_run_keeps_no_checkpoint_and_a_real_tier_run_no_final_model(t
         assert (out / "final").exists() == keep_final
 
 
+def test_each_warm_start_is_built_just_before_its_runs(tmp_path, monkeypatch):
+    """A study that spans sessions loses its built models with each: building every warm start first
+    spent the end of a session on some that no run of it used."""
+    launched = fake_runs(monkeypatch, tmp_path, lambda arm, o: 0.5)
+    compare.run_all(["grpo", "gcpo"], [0, 1], [0], "runs", 1, {**compare.BUDGET, "max_steps": 2})
+    assert [c[c.index("--output_dir") + 1] for c in launched] == [
+        f"runs/warm{w}/{d}" for w in (0, 1) for d in ("checks", "grpo_seed0", "gcpo_seed0")]
+
+
 def test_a_sweep_length_whose_solutions_do_not_fit_the_response_is_refused():
     with pytest.raises(ValueError, match="^--task_operands 5: a reference solution takes 51 tokens, more than --max_completion_length 40$"):
         compare.check_sweep_lengths({**compare.BUDGET, "max_completion_length": 40})
