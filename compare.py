@@ -135,12 +135,14 @@ def cli(options):
 def check_warm_start(cfg, out):
     """Build the warm start of cfg.warm_start_seed and check it: held-out accuracy, and whether it
     reads CEPO's hints and GCPO's two negative prompts (each a mean log-likelihood gap of the
-    reference solutions, passed when above its CHECKS threshold). Written to out/checks.json."""
+    reference solutions, passed when above its CHECKS threshold), and the sha256 of its weights (a warm
+    start built again elsewhere may differ). Written to out/checks.json."""
     device = torch.device("cpu")
     if cfg.model:  # the pretrained model's start accuracy on at least REAL_CHECK_SIZE problems (its runs' held-out
         cfg.eval_size = max(cfg.eval_size, REAL_CHECK_SIZE)  # rows are the first eval_size of these)
     train_rows, eval_rows = load_task(cfg)
-    model, tokenizer = load_policy(cfg.model or warm_start(cfg, train_rows, eval_rows, device), cfg, device)
+    path = cfg.model or warm_start(cfg, train_rows, eval_rows, device)
+    model, tokenizer = load_policy(path, cfg, device)
     rows, cepo_cfg = eval_rows[:100], cepo.CEPOConfig(**vars(cfg))
     checks = {"seed": cfg.warm_start_seed, "start_acc": evaluate(model, tokenizer, eval_rows, cfg, device,
                                                                  resolve_instruction(cfg), task_reward(cfg))}
@@ -161,6 +163,9 @@ def check_warm_start(cfg, out):
                 model, tokenizer, rows, prompts, [gcpo.negative_prompt_ids(tokenizer, r, gcpo_cfg) for r in rows], cfg)
             checks[f"negative_contrast_{n}"] = gaps.mean().item()
     checks["failed_checks"] = [k for k, threshold in CHECKS.items() if not checks[k] > threshold]
+    if not cfg.model:
+        with open(os.path.join(path, "model.safetensors"), "rb") as f:
+            checks["weights_sha256"] = hashlib.sha256(f.read()).hexdigest()
     with open(os.path.join(out, "checks.json"), "w") as f:
         json.dump(checks, f, indent=1)
 
@@ -178,8 +183,9 @@ def run_all(arms, warm_starts, seeds, runs_dir, jobs, budget, threads=1, variant
     run's checkpoint is deleted (it never resumes again; 1.6 GB on the real model), and its final
     model too unless keep_final (the Monte-Carlo agreement reads it). A study committed part by part
     resumes in a fresh clone, where no model survives: a checked warm start is built again only
-    while a run from it is left, and a run from a warm start in `finals` that lost its final model
-    runs again.
+    while a run from it is left (and if its weights come out different, on another CPU, every run
+    from it runs again, so that each arm still starts where GRPO did), and a run from a warm start
+    in `finals` that lost its final model runs again.
     Returns ({warm start: checks}, {label: [(w, s, dir)]})."""
     variants = variants or {}
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -216,20 +222,26 @@ def run_all(arms, warm_starts, seeds, runs_dir, jobs, budget, threads=1, variant
             built.add(job[1])
         bar.update(cost.get(job[0], 1))
         bar.set_postfix(done=f"{job[0]} w{job[1]}" + (f" s{job[2]}" if job[2] is not None else ""))
-    for job in [j for j in queue if finished(j)]:
+    for job in [j for j in queue if j[0] == "warm" and finished(j)]:
         queue.remove(job)
         finish(job)
     while queue or running:
-        for job in [j for j in queue if j[0] == "warm" or j[1] in built][:jobs - len(running)]:
+        for job in [j for j in queue if j[0] == "warm" or j[1] in built]:
+            if len(running) == jobs:
+                break
             queue.remove(job)
+            if job[0] != "warm" and finished(job):  # judged now, after its warm start (which may have changed)
+                finish(job)
+                continue
             out, cmd = commands[job]
             os.makedirs(out, exist_ok=True)
+            weights = read_checks(out).get("weights_sha256", "none") if job[0] == "warm" else None
             if os.path.exists(os.path.join(out, "done.json")):
                 os.remove(os.path.join(out, "done.json"))
             log = open(os.path.join(out, "log.txt"), "w")
-            running[job] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log, out, cmd)
+            running[job] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log, out, cmd, weights)
         time.sleep(0.5)
-        for job, (proc, log, out, cmd) in list(running.items()):
+        for job, (proc, log, out, cmd, weights) in list(running.items()):
             if proc.poll() is None:
                 continue
             log.close()
@@ -242,15 +254,23 @@ def run_all(arms, warm_starts, seeds, runs_dir, jobs, budget, threads=1, variant
                              + f.read()[-3000:])
             with open(os.path.join(out, "done.json"), "w") as f:
                 json.dump(cmd[1:], f)
+            if job[0] == "warm" and weights not in (None, read_checks(out).get("weights_sha256", "none")):
+                for j in [j for j in queue if j[0] != "warm" and j[1] == job[1]]:  # built again, not the same weights
+                    remove([os.path.join(commands[j][0], "done.json")])
             if job[0] != "warm":
                 remove([os.path.join(out, "checkpoint.pt")] + ([] if keep_final else [os.path.join(out, "final")]))
             finish(job)
     bar.close()
-    checks = {}
-    for w in warm_starts:
-        with open(os.path.join(runs_dir, f"warm{w}", "checks", "checks.json")) as f:
-            checks[w] = json.load(f)
-    return checks, runs
+    return {w: read_checks(commands["warm", w, None][0]) for w in warm_starts}, runs
+
+
+def read_checks(out):
+    """The checks.json in out ({} where there is none)."""
+    try:
+        with open(os.path.join(out, "checks.json")) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return {}
 
 
 def done(out):
@@ -629,12 +649,16 @@ def run_ceiling(arms, warm_starts, seeds, results_dir, jobs, budget, device):
         write_metrics(pilots_file, pilots)  # the choices below rest on it, committed before any confirmatory run
     chosen = choose(grid, pilots)
     variants = {a: (a, chosen[a]["options"]) for a in arms}
-    judged, mc_dir = warm_starts[:MC_SAMPLE["ceiling"][0]], os.path.join(results_dir, "mc")
-    checks, runs = run_all(arms, judged, seeds, runs_dir, jobs, budget, variants=variants,
-                           finals=[w for w in judged if not os.path.exists(os.path.join(mc_dir, f"warm{w}.json"))])
-    print("Monte-Carlo agreement (fixed responses, at the warm start and at each arm's end)...", flush=True)
-    mc_agreement(arms, runs, budget, judged, MC_SAMPLE["ceiling"], device, credit_options(chosen), mc_dir)
-    more_checks, more_runs = run_all(arms, warm_starts[len(judged):], seeds, runs_dir, jobs, budget, variants=variants,
+    sample, mc_dir, options = MC_SAMPLE["ceiling"], os.path.join(results_dir, "mc"), credit_options(chosen)
+    checks, runs = {}, {a: [] for a in arms}
+    for w in warm_starts[:sample[0]]:  # each judged right after its runs, while their final models exist
+        part = run_all(arms, [w], seeds, runs_dir, jobs, budget, variants=variants)
+        if kept(os.path.join(mc_dir, f"warm{w}.json"), mc_key(arms, part[1], w, sample, options, budget)) is None:
+            part = run_all(arms, [w], seeds, runs_dir, jobs, budget, variants=variants, finals=[w])  # a lost final trains again
+        mc_agreement(arms, part[1], budget, [w], sample, device, options, mc_dir)
+        checks.update(part[0])
+        runs = {a: runs[a] + part[1][a] for a in arms}
+    more_checks, more_runs = run_all(arms, warm_starts[sample[0]:], seeds, runs_dir, jobs, budget, variants=variants,
                                      keep_final=False)
     checks.update(more_checks)
     runs = {a: runs[a] + more_runs[a] for a in arms}
@@ -648,24 +672,24 @@ def run_ceiling(arms, warm_starts, seeds, results_dir, jobs, budget, device):
 
 
 def committed_pilots(path, grid, seeds, budget):
-    """The pilots of path (write_metrics' file) when it holds every label of the grid from every pilot
-    warm start and seed, each run whole at the label's learning rate; else None (they are run)."""
+    """The grid's pilots from path (write_metrics' file) when it holds every label of the grid from
+    every pilot warm start and seed, each run whole at the label's learning rate; else None (they run)."""
     try:
         pilots = read_metrics_file(path)
-    except OSError:
+    except FileNotFoundError:
         return None
-    except (EOFError, zlib.error, ValueError) as e:
+    except (OSError, EOFError, zlib.error, ValueError) as e:
         print(f"{path}: {first_line(e) or type(e).__name__}; the pilots run again", flush=True)
         return None
     runs = sorted((w, s) for w in CEILING["pilot_warm_starts"] for s in seeds)
     steps = list(range(budget["max_steps"] + 1))
-    whole = set(pilots) == set(grid) and all(
+    whole = set(grid) <= set(pilots) and all(
         sorted(pilots[label]) == runs and all([m.get("step") for m in h] == steps and h[0].get("learning_rate")
                                               == options["learning_rate"] for h in pilots[label].values())
         for label, (_, options) in grid.items())
     if not whole:
         print(f"{path} does not hold this grid's pilots whole; they run", flush=True)
-    return pilots if whole else None
+    return {label: pilots[label] for label in grid} if whole else None
 
 
 def credit_options(chosen):
@@ -706,10 +730,8 @@ def mc_agreement(arms, runs, budget, warm_starts, sample, device, options, folde
     exact = []
     os.makedirs(folder, exist_ok=True)
     for w in warm_starts[:sample[0]]:
-        mine = {a: next(out for v, _, out in runs[a] if v == w) for a in arms}
-        key = [sorted(arms), sample, w, options, budget, code_digest(), {a: read_metrics(out) for a, out in mine.items()}]
-        got = kept(os.path.join(folder, f"warm{w}.json"), key,
-                   lambda: mc_rows(arms, mine, budget, w, sample, device, options))
+        got = kept(os.path.join(folder, f"warm{w}.json"), mc_key(arms, runs, w, sample, options, budget),
+                   lambda: mc_rows(arms, runs, budget, w, sample, device, options))
         for name, by in got["arms"].items():
             for when, rs in by.items():
                 rows[name][when] += [tuple(map(torch.tensor, r)) for r in rs]
@@ -718,15 +740,26 @@ def mc_agreement(arms, runs, budget, warm_starts, sample, device, options, folde
             pooled_agreement(exact))
 
 
-def mc_rows(arms, finals, budget, w, sample, device, options):
+def mc_key(arms, runs, w, sample, options, budget):
+    """What mc_agreement's numbers from warm start w rest on: the arms, the sample, their options, the
+    code and every metric of each arm's run from w (its first seed's, whose final model is judged)."""
+    return [sorted(arms), sample, w, options, budget, code_digest(), {a: read_metrics(final_of(runs, a, w)) for a in arms}]
+
+
+def final_of(runs, arm, w):
+    """The folder of arm's first run from warm start w in run_all's {label: [(w, s, dir)]}."""
+    return next(out for v, _, out in runs[arm] if v == w)
+
+
+def mc_rows(arms, runs, budget, w, sample, device, options):
     """mc_agreement's numbers from warm start w, as lists: {"arms": {arm: {"start"|"end": [(Â, A_MC,
-    mask, standard error) per response]}}, "exact": [(A^π, A_MC, mask, standard error)]}. finals:
-    {arm: its run's folder, whose final model is judged at the end}."""
+    mask, standard error) per response]}}, "exact": [(A^π, A_MC, mask, standard error)]}."""
     _, prompts, continuations = sample
-    for out in finals.values():
-        if not os.path.exists(os.path.join(out, "final")):
-            sys.exit(f"error: the Monte-Carlo agreement reads {out}/final, which is gone: remove {out}/done.json "
-                     "and run the study again (it trains that run again)")
+    print(f"Monte-Carlo agreement, warm start {w} (fixed responses, at the warm start and at each arm's end)...", flush=True)
+    for arm in arms:
+        if not os.path.exists(os.path.join(final_of(runs, arm, w), "final")):
+            sys.exit(f"error: the Monte-Carlo agreement reads {final_of(runs, arm, w)}/final, which is gone: run the study "
+                     "again (a study trains such a run again before it judges it)")
     cfg = gb.GRPOConfig(**budget, warm_start_seed=w)
     train_rows, eval_rows = load_task(cfg)
     reward = task_reward(cfg)
@@ -762,7 +795,7 @@ def mc_rows(arms, finals, budget, w, sample, device, options):
                 got["exact"] += [[t.tolist() for t in (truth[i].float(), mc[k], mask[k], errors[k])] for k, i in enumerate(picks)]
     judge(model, list(arms), "start")
     for name in arms:
-        judge(load_policy(os.path.join(finals[name], "final"), cfg, device)[0], [name], "end")
+        judge(load_policy(os.path.join(final_of(runs, name, w), "final"), cfg, device)[0], [name], "end")
     return got
 
 
@@ -779,10 +812,11 @@ def code_digest():
     return digest.hexdigest()
 
 
-def kept(path, key, compute):
+def kept(path, key, compute=None):
     """compute()'s value, kept in path (JSON) with the sha256 of key and read back while key is the
     same (the arms, options, the code and the runs' every metric), so a study stopped after its
-    Monte-Carlo stage does not redo it, and runs or code changed since never meet a stale one."""
+    Monte-Carlo stage does not redo it, and runs or code changed since never meet a stale one.
+    Without compute: the kept value, or None where there is none for this key."""
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
     try:
         with open(path) as f:
@@ -791,6 +825,8 @@ def kept(path, key, compute):
             return old["value"]
     except (OSError, ValueError, KeyError, TypeError):
         pass
+    if compute is None:
+        return None
     value = compute()
     with open(path, "w") as f:
         json.dump({"key": digest, "value": value}, f)
@@ -1086,7 +1122,6 @@ def main():
         options = credit_options(ceiling[0]["chosen"])
     mc, value_check = {}, None
     if preset in MC_SAMPLE:  # the words task has no exact token values; K continuations per prefix of a 135M model do not fit
-        print("Monte-Carlo agreement (fixed responses, at the warm start and at each arm's end)...", flush=True)
         mc, value_check = mc_agreement(arms, runs, budget, warm_starts, MC_SAMPLE[preset], device, options,
                                        os.path.join(results_dir, "mc"))
     credit_pictures(os.path.join(results_dir, "credit_smollm2" if preset == "real" else "credit_embedded"),

@@ -200,7 +200,7 @@ def test_gold_runs_with_grpos_loss_in_the_comparison():
 def test_a_killed_benchmark_resumes_without_rerunning_what_finished(tmp_path, monkeypatch):
     """run_all runs a job only when its directory holds no done.json with the same options: a run
     killed before its end (no done.json) or one with other options runs again."""
-    launched = []
+    launched, weights = [], ["a"]
 
     class Finished:
         returncode = 0
@@ -209,7 +209,7 @@ def test_a_killed_benchmark_resumes_without_rerunning_what_finished(tmp_path, mo
             launched.append(cmd)
             out = cmd[cmd.index("--output_dir") + 1]
             if "--check_warm_start" in cmd:
-                (tmp_path / out / "checks.json").write_text(json.dumps({"seed": 0}))
+                (tmp_path / out / "checks.json").write_text(json.dumps({"seed": 0, "weights_sha256": weights[0]}))
 
         def poll(self):
             return 0
@@ -246,6 +246,11 @@ def test_a_killed_benchmark_resumes_without_rerunning_what_finished(tmp_path, mo
     launched.clear()
     compare.run_all(["grpo", "gcpo"], [0], [0], "runs", 1, budget, finals=[0])
     assert launched == last  # the final models gone: the runs that must keep one run again, after their warm start
+    launched.clear()
+    (tmp_path / "runs/warm0/gcpo_seed0/done.json").unlink()
+    weights[0] = "b"  # built again on another CPU, it comes out different: GRPO's run too starts from it again
+    compare.run_all(["grpo", "gcpo"], [0], [0], "runs", 1, budget)
+    assert launched == last
 
 
 def test_with_one_pretrained_start_the_unit_is_the_rl_seed_and_the_summary_is_the_words_task(tmp_path):
@@ -328,7 +333,7 @@ def test_the_ceiling_study_tunes_each_arm_on_its_pilots_then_runs_the_best_oracl
         judged.append((runs, len(launched)))
         os.makedirs(folder, exist_ok=True)
         for w in warm_starts[:sample[0]]:
-            (tmp_path / folder / f"warm{w}.json").write_text("{}")
+            compare.kept(os.path.join(folder, f"warm{w}.json"), compare.mc_key(arms, runs, w, sample, options, budget), dict)
     monkeypatch.setattr(compare, "mc_agreement", agreement)
     monkeypatch.setitem(compare.MC_SAMPLE, "ceiling", (1, 13, 64))
     budget = {**compare.BUDGET, "max_steps": 4}
@@ -371,7 +376,8 @@ def test_the_ceiling_study_tunes_each_arm_on_its_pilots_then_runs_the_best_oracl
     launched.clear()
     assert compare.run_ceiling(["grpo", "soft_oracle", "oracle"], [0, 1, 2], [0], "results", 1, budget, "cpu")[2] == pilots
     assert launched == []
-    (tmp_path / "results/mc/warm0.json").unlink()  # the agreement not kept: the runs it judges train again
+    (tmp_path / "results/mc/warm0.json").write_text('{"key": "of other code", "value": {}}')  # stale: the runs it
+    # judges train again (their final models are gone), and only they
     compare.run_ceiling(["grpo", "soft_oracle", "oracle"], [0, 1, 2], [0], "results", 1, budget, "cpu")
     assert sorted(c[c.index("--output_dir") + 1] for c in launched) == [
         f"results/runs/warm0/{d}" for d in ("checks", "grpo_seed0", "oracle_seed0", "soft_oracle_seed0")]
