@@ -836,8 +836,9 @@ def kept(path, key, compute=None):
 def pooled_agreement(rows, resamples=2000):
     """mc_advantage.agreement over every response of `rows` [(Â (L,), A_MC (L,), mask (L,), standard
     error (L,))], one per prompt, with 95% percentile-bootstrap intervals over the prompts for the
-    correlation and the sign agreement (scipy.stats.bootstrap, seed 0)."""
-    stack = [torch.stack(x) for x in zip(*rows)]
+    correlation and the sign agreement (scipy.stats.bootstrap, seed 0). Responses from different
+    batches differ in L: each is padded with masked tokens to the longest."""
+    stack = [torch.nn.utils.rnn.pad_sequence(x, batch_first=True) for x in zip(*rows)]
 
     def of(idx, key):
         got = mc_advantage.agreement(*(t[torch.as_tensor(idx)] for t in stack))[key]

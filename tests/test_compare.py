@@ -446,6 +446,21 @@ def test_kept_reads_a_value_back_only_while_its_key_is_unchanged(tmp_path):
     assert compare.kept(path, ["grpo", [1, 3]], compute) == first and len(calls) == 3
 
 
+@given(st.lists(st.lists(st.tuples(st.integers(-3, 3), st.integers(-3, 3), st.booleans()), min_size=1, max_size=6),
+                min_size=2, max_size=6))
+@settings(max_examples=25, suppress_health_check=[HealthCheck.too_slow])
+def test_pooled_agreement_is_the_agreement_over_every_valid_token_whatever_each_response_length(responses):
+    """Responses from different batches have different lengths (each batch is padded to its longest):
+    pooling them stopped the ceiling study with a stack error. Pooled, they agree as their valid
+    tokens do, concatenated."""
+    rows = [tuple(torch.tensor(c, dtype=torch.float) for c in zip(*r)) for r in responses]
+    rows = [(adv, mc, mask, torch.full_like(mc, 0.1)) for adv, mc, mask in rows]
+    got = compare.pooled_agreement(rows, resamples=20)
+    flat = compare.mc_advantage.agreement(*(torch.cat(c)[None] for c in zip(*rows)))
+    assert {k: got[k] for k in flat if k != "responses"} == {k: v for k, v in flat.items() if k != "responses"}
+    assert got["responses"] == sum(any(m for _, _, m in r) for r in responses)
+
+
 def test_an_arm_whose_90_interval_lies_inside_the_declared_margin_is_called_equivalent():
     near, far = (compare.aggregate(benchmark(shift, noise=0.01, W=8)) for shift in (0.004, 0.05))
     assert near["gcpo"]["tost90"][0] > -0.02 and near["gcpo"]["tost90"][1] < 0.02 < far["gcpo"]["tost90"][1]
