@@ -159,12 +159,17 @@ def test_gcpo_end_to_end(tiny_cfg):
 
 
 def rolled_out(tiny_cfg, tiny_policy, **overrides):
+    """A batch with some response of A != 0: the first block of prompts that gives one (the warm start,
+    and so its samples, differ between CPUs: on one machine the first block's groups all tied)."""
     cfg = tiny_cfg(gcpo.GCPOConfig, **overrides)
     model, tok, train_rows, _ = tiny_policy(cfg)
-    rows = train_rows[:cfg.prompts_per_step]
-    torch.manual_seed(0)
-    batch, _, _ = gb.rollout(model, tok, rows, [prompt_ids(tok, r["question"]) for r in rows], cfg,
-                             torch.device("cpu"), None)
+    for k in range(20):
+        rows = train_rows[k * cfg.prompts_per_step:(k + 1) * cfg.prompts_per_step]
+        torch.manual_seed(0)
+        batch, _, _ = gb.rollout(model, tok, rows, [prompt_ids(tok, r["question"]) for r in rows], cfg,
+                                 torch.device("cpu"), None)
+        if (batch.advantages != 0).any():
+            break
     assert (batch.advantages != 0).any()
     batch.old_logp, batch.entropy = gb.score_pi_old(model, batch, cfg)  # as the loop does for GCPO (reads_pi_old)
     return cfg, model, tok, batch
