@@ -7,6 +7,7 @@ import hypothesis.strategies as st
 import torch
 from hypothesis import given
 
+import compare
 import gcpo
 import grpo_baseline as gb
 from loop.data import prompt_ids
@@ -159,19 +160,13 @@ def test_gcpo_end_to_end(tiny_cfg):
 
 
 def rolled_out(tiny_cfg, tiny_policy, **overrides):
-    """A batch with some response of A != 0: the first block of prompts that gives one (the warm start,
-    and so its samples, differ between CPUs: on one machine the first block's groups all tied)."""
+    """A batch with some response of A != 0 (compare.informative_batch: the first block of prompts that
+    gives one; the warm start, and so its samples, differ between CPUs: on one machine the first
+    block's groups all tied), log pi_old scored as the loop does for GCPO (reads_pi_old)."""
     cfg = tiny_cfg(gcpo.GCPOConfig, **overrides)
     model, tok, train_rows, _ = tiny_policy(cfg)
-    for k in range(20):
-        rows = train_rows[k * cfg.prompts_per_step:(k + 1) * cfg.prompts_per_step]
-        torch.manual_seed(0)
-        batch, _, _ = gb.rollout(model, tok, rows, [prompt_ids(tok, r["question"]) for r in rows], cfg,
-                                 torch.device("cpu"), None)
-        if (batch.advantages != 0).any():
-            break
+    batch, _ = compare.informative_batch(model, tok, train_rows, cfg, torch.device("cpu"))
     assert (batch.advantages != 0).any()
-    batch.old_logp, batch.entropy = gb.score_pi_old(model, batch, cfg)  # as the loop does for GCPO (reads_pi_old)
     return cfg, model, tok, batch
 
 
