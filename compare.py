@@ -421,7 +421,8 @@ def table(arms, checks):
              "A > 0 and A < 0 responses; the first wrong token's Â/|A| (GRPO: −1); the share of steps whose gradient "
              "was clipped, and its mean norm before clipping" + ("; Monte-Carlo agreement on fixed responses at the "
              "warm start and at the end (correlation of Â with Q − V [95% bootstrap over prompts], sign agreement on "
-             "decided tokens)." if has_mc else "."), "",
+             "decided tokens; each credit as at step 1, so CEPO's at λ0, not the 0 its λ falls to by step 26)."
+             if has_mc else "."), "",
              "| arm | A>0 decisive | A>0 contested | A>0 copied | A>0 free | A>0 structure | A<0 decisive | A<0 copied | "
              "A<0 free | A<0 structure | first wrong token | clipped (pre-clip norm) | "
              + ("MC corr (start → end) | MC sign (start → end) | " if has_mc else "")
@@ -566,7 +567,9 @@ def operand_sweep(sweeps, best):
     """GRPO against the best oracle at each chain length: {operands: {"grpo": AUC, best: AUC, "diff":
     paired mean, "diff_ci", "W"}} from {operands: {arm: {(warm start, seed): per-step metrics}}}, and
     the trend: the least-squares slope of the per-warm-start differences on the number of operands,
-    with its 95% interval (scipy.stats.linregress; the lengths' warm starts are independent draws)."""
+    with its 95% interval (scipy.stats.linregress over the runs). Warm start w at each length is its own
+    model from the same seed: what w shares across lengths cancels from the slope (each w sits at
+    every length) and only widens the residuals, so the interval errs wide, not narrow."""
     out, points = {}, []
     for k, histories in sorted(sweeps.items()):
         arms = aggregate({a: histories[a] for a in ("grpo", best)})
@@ -588,10 +591,15 @@ def ceiling_report(grid, pilots, sweeps, histories):
     best = best_oracle(chosen)
     default = {a: {(w, s): h for (w, s), h in histories[a].items() if w in CEILING["sweep_warm_starts"]} for a in ("grpo", best)}
     sweep, trend = operand_sweep({**sweeps, gb.GRPOConfig.task_operands: default}, best)
-    text = ["", f"Options chosen on the pilot warm starts {CEILING['pilot_warm_starts']} (mean pilot AUC of each):", "",
+    grids = {"learning_rate": CEILING["learning_rates"], "decided_weight": CEILING["decided_weights"]}
+    # a choice at either end of its grid brackets nothing: the best value may lie beyond it
+    edges = {arm: [k for k, v in c["options"].items() if v in (grids[k][0], grids[k][-1])] for arm, c in chosen.items()}
+    text = ["", f"Options chosen on the pilot warm starts {CEILING['pilot_warm_starts']} (mean pilot AUC of each; "
+            "*edge*: the first or last value of its grid, so the best may lie beyond it):", "",
             "| arm | chosen | pilots |", "|---|---|---|"]
     for arm, c in chosen.items():
-        text.append(f"| {arm} | " + ", ".join(f"{k} {v:g}" for k, v in c["options"].items()) + " | "
+        text.append(f"| {arm} | " + ", ".join(f"{k} {v:g}" + (" (*edge*)" if k in edges[arm] else "")
+                                             for k, v in c["options"].items()) + " | "
                     + ", ".join(f"{label.removeprefix(arm + '_')} {auc:.3f}" for label, auc in c["pilot_auc"].items()) + " |")
     text += ["", f"Chain length (operands) and the best oracle, {best}, against GRPO (AUC; paired over warm starts "
              f"{CEILING['sweep_warm_starts'][0]}-{CEILING['sweep_warm_starts'][-1]}, each length its own warm starts):", "",
@@ -602,6 +610,7 @@ def ceiling_report(grid, pilots, sweeps, histories):
              f"operand (least squares over {trend['points']} runs, p = {trend['p']:.3f}).", ""]
     return ({"grid": grid, "pilot_warm_starts": CEILING["pilot_warm_starts"], "chosen": chosen,
              "learning_rates": {a: c["options"]["learning_rate"] for a, c in chosen.items()},
+             "at_grid_edge": {a: ks for a, ks in edges.items() if ks},
              "equivalence_margin": EQUIVALENCE_MARGIN, "best_oracle": best, "operand_sweep": sweep, "operand_trend": trend},
             "\n".join(text) + "\n")
 

@@ -357,6 +357,8 @@ def test_the_ceiling_study_tunes_each_arm_on_its_pilots_then_runs_the_best_oracl
     ceiling = compare.ceiling_report(grid, pilots, sweeps, histories)
     part = ceiling[0]
     assert part["best_oracle"] == "soft_oracle" and part["learning_rates"] == {"grpo": 1e-4, "soft_oracle": 2e-4, "oracle": rates[0]}  # a tie: the first
+    assert part["at_grid_edge"] == {"soft_oracle": ["learning_rate", "decided_weight"], "oracle": ["learning_rate"]}
+    assert "| grpo | learning_rate 0.0001 |" in ceiling[1] and "| oracle | learning_rate 1e-05 (*edge*) |" in ceiling[1]
     assert sorted(part["operand_sweep"]) == [4, 5, 6] and math.isclose(part["operand_trend"]["slope"], 0.01 * 0.5, rel_tol=0.2)
     compare.write_metrics(tmp_path / "metrics.jsonl.gz", histories)
     compare.write_metrics(tmp_path / "pilot_metrics.jsonl.gz", pilots)
