@@ -421,7 +421,8 @@ def table(arms, checks):
              "A > 0 and A < 0 responses; the first wrong token's Â/|A| (GRPO: −1); the share of steps whose gradient "
              "was clipped, and its mean norm before clipping" + ("; Monte-Carlo agreement on fixed responses at the "
              "warm start and at the end (correlation of Â with Q − V [95% bootstrap over prompts], sign agreement on "
-             "decided tokens; each credit as at step 1, so CEPO's at λ0, not the 0 its λ falls to by step 26)."
+             f"decided tokens; each credit as at step 1, so CEPO's at λ0, not the 0 its λ falls to by step "
+             f"{cepo.CEPOConfig().lambda_decay_steps + 1})."
              if has_mc else "."), "",
              "| arm | A>0 decisive | A>0 contested | A>0 copied | A>0 free | A>0 structure | A<0 decisive | A<0 copied | "
              "A<0 free | A<0 structure | first wrong token | clipped (pre-clip norm) | "
@@ -591,9 +592,13 @@ def ceiling_report(grid, pilots, sweeps, histories):
     best = best_oracle(chosen)
     default = {a: {(w, s): h for (w, s), h in histories[a].items() if w in CEILING["sweep_warm_starts"]} for a in ("grpo", best)}
     sweep, trend = operand_sweep({**sweeps, gb.GRPOConfig.task_operands: default}, best)
-    grids = {"learning_rate": CEILING["learning_rates"], "decided_weight": CEILING["decided_weights"]}
-    # a choice at either end of its grid brackets nothing: the best value may lie beyond it
-    edges = {arm: [k for k, v in c["options"].items() if v in (grids[k][0], grids[k][-1])] for arm, c in chosen.items()}
+    tried = {}  # each arm's values of each option on its pilots
+    for arm, options in grid.values():
+        for k, v in options.items():
+            tried.setdefault((arm, k), set()).add(v)
+    # a choice at either end of what was tried brackets nothing: the best value may lie beyond it
+    edges = {arm: [k for k, v in c["options"].items() if v in (min(tried[arm, k]), max(tried[arm, k]))]
+             for arm, c in chosen.items()}
     text = ["", f"Options chosen on the pilot warm starts {CEILING['pilot_warm_starts']} (mean pilot AUC of each; "
             "*edge*: the first or last value of its grid, so the best may lie beyond it):", "",
             "| arm | chosen | pilots |", "|---|---|---|"]
