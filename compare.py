@@ -3,7 +3,7 @@ against controls that say what a difference means, on the embedded `chain` task.
 
     python compare.py              # 6 warm starts x 1 RL seed x 6 arms -> results/      (~30 min, 2 cores)
     python compare.py --full       # 16 warm starts x 1 seed x 8 arms -> results/full/  (~85 min, 2 cores)
-    python compare.py --ceiling    # tuned oracles and methods, 16 x 100 steps -> results/ceiling/ (~8 h)
+    python compare.py --ceiling    # tuned oracles and methods, 16 x 100 steps -> results/ceiling/ (~16 h)
     python compare.py --real       # SmolLM2-135M-Instruct on sums in words -> results/smollm2/ (~5 h)
     python compare.py --quick      # the same pipeline on a tiny budget (a smoke run, not a result)
     python compare.py --recompute results/   # every number again, from the committed per-step metrics
@@ -1056,14 +1056,14 @@ def main():
                         "8 RL seeds x 5 arms, one run at a time, into results/smollm2/ (~5 h on 2 cores; resumable)")
     parser.add_argument("--ceiling", action="store_true", help="the ceiling study: pilots pick each arm's learning rate, "
                         "then 16 warm starts x 11 arms x 100 steps, a chain-length sweep and Monte-Carlo agreement, into "
-                        "results/ceiling/ (~8 h on 2 cores; resumable)")
+                        "results/ceiling/ (~16 h on 2 cores; resumable)")
     parser.add_argument("--warm_starts", type=int, nargs="+", help="warm-start seeds (default: the preset's)")
     parser.add_argument("--seeds", type=int, nargs="+", help="RL seeds, each run from every warm start (default: the preset's)")
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), help="arms to run (default: the preset's; grpo is required)")
     parser.add_argument("--jobs", type=int, help="runs at once, one thread each (default 2; --real: 1 run on every core)")
     parser.add_argument("--runs_dir", default="runs", help="where each run's checkpoints and metrics go")
     parser.add_argument("--results_dir", default="results", help="where the summary goes (a preset adds its folder)")
-    parser.add_argument("--recompute", metavar="DIR", help="rewrite DIR's summary from its committed metrics.jsonl.gz")
+    parser.add_argument("--recompute", metavar="DIR", help="rewrite DIR's summary and curves from its committed metrics.jsonl.gz")
     parser.add_argument("--bench", action="store_true", help="time each method's phases instead")
     parser.add_argument("--check_warm_start", action="store_true", help=argparse.SUPPRESS)  # run_all's warm-start jobs
     args, rest = parser.parse_known_args()
@@ -1181,6 +1181,7 @@ def recompute(results_dir, parser):
     mc = {a: m["mc_agreement"] for a, m in task["methods"].items() if m.get("mc_agreement")} if old["preset"] in MC_SAMPLE else {}
     text = report(results_dir, old["preset"], summary, {c["seed"]: c for c in task["warm_starts"]}, task["budget"],
                   task["seeds"], mc, old["wall_minutes"], task.get("mc_value_check"), ceiling)
+    plot_curves({a: list(hs.values()) for a, hs in histories.items()}, os.path.join(results_dir, "curves.png"))
     print(text)
 
 

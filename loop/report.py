@@ -190,6 +190,8 @@ def plot_curves(runs, path):
     import matplotlib.pyplot as plt
     keys = [k for k in PANELS if any(k in m for hs in runs.values() for h in hs for m in h)]
     timed = "eval_acc" in keys
+    # Ten colours, then dashed: the ceiling study's eleventh arm drew GRPO's colour and line.
+    style = {name: {"color": f"C{i % 10}", "linestyle": ("-", "--", ":")[i // 10 % 3]} for i, name in enumerate(runs)}
     fig, ax = plt.subplots(1, len(keys) + timed, figsize=(5.5 * (len(keys) + timed), 4), squeeze=False)
     for axis, key in zip(ax[0], keys):
         for name, histories in runs.items():
@@ -201,8 +203,8 @@ def plot_curves(runs, path):
             if smooth:
                 mean, std = (torch.nn.functional.avg_pool1d(t[None], 10, 1)[0] for t in (mean, std))
                 steps = steps[9:]
-            (line,) = axis.plot(steps, mean.tolist(), label=name, marker=None if smooth else "o")
-            axis.fill_between(steps, (mean - std).tolist(), (mean + std).tolist(), color=line.get_color(), alpha=0.2)
+            axis.plot(steps, mean.tolist(), label=name, marker=None if smooth else "o", **style[name])
+            axis.fill_between(steps, (mean - std).tolist(), (mean + std).tolist(), color=style[name]["color"], alpha=0.2)
         axis.set(title=PANELS[key], xlabel="step")
     if timed:
         for name, histories in runs.items():
@@ -211,7 +213,7 @@ def plot_curves(runs, path):
             seconds = [sum(c[s] for c in clocks) / len(clocks) for s in steps]
             acc = [statistics.mean(m["eval_acc"] for h in histories for m in h if m["step"] == s and "eval_acc" in m)
                    for s in steps]
-            ax[0][-1].plot(seconds, acc, label=name, marker="o")
+            ax[0][-1].plot(seconds, acc, label=name, marker="o", **style[name])
         ax[0][-1].set(title=PANELS["eval_acc"], xlabel="training seconds (mean over runs)")
     ax[0][-1].legend()
     fig.tight_layout()

@@ -4,6 +4,7 @@ import json
 import math
 import os
 import shutil
+from unittest import mock
 
 import pytest
 import torch
@@ -120,6 +121,7 @@ def test_summary_json_has_every_key_and_recompute_reproduces_it(tmp_path, monkey
         a: {"mc_agreement": m["mc_agreement"]} for a, m in task["methods"].items()}}}}))  # numbers gone, from the metrics again
     compare.main()
     assert json.loads((tmp_path / "summary.json").read_text()) == first and "| gcpo |" in capsys.readouterr().out
+    assert (tmp_path / "curves.png").stat().st_size > 0  # the curves are redrawn from the same metrics
 
 
 @pytest.mark.parametrize("files, problem", [({}, "needs the summary.json"), ({"summary.json": "{"}, "needs the summary.json")])
@@ -175,6 +177,18 @@ def test_recompute_refuses_damaged_or_incomplete_metrics_and_keeps_the_summary(t
 def test_a_credit_picture_without_examples_is_still_drawn(tmp_path):
     compare.render_credit_png(str(tmp_path / "c.png"), {"GRPO (uniform)": [], "GCPO": []})
     assert (tmp_path / "c.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("arms", [2, 11, 25])
+def test_every_arm_of_the_curves_has_a_line_of_its_own(tmp_path, arms):
+    """However many arms a study has (the ceiling study: 11), no two share a colour and a line style
+    in any panel, so the legend names one line each."""
+    runs = {f"arm{i}": [history([0.4, 0.5, 0.6], reward=0.5)] for i in range(arms)}
+    with mock.patch("matplotlib.pyplot.close") as close:
+        compare.plot_curves(runs, str(tmp_path / "curves.png"))
+    for axis in close.call_args[0][0].axes:
+        looks = {line.get_label(): (line.get_color(), line.get_linestyle()) for line in axis.get_lines()}
+        assert len(looks) == arms and len(set(looks.values())) == arms, looks
 
 
 def test_every_arm_runs_from_the_same_prompts_and_aa_samples_differently():
