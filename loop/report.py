@@ -190,7 +190,8 @@ def plot_curves(runs, path):
     import matplotlib.pyplot as plt
     keys = [k for k in PANELS if any(k in m for hs in runs.values() for h in hs for m in h)]
     timed = "eval_acc" in keys
-    # Ten colours, then dashed: the ceiling study's eleventh arm drew GRPO's colour and line.
+    # Ten colours, then dashed, then dotted (30 distinct lines): the ceiling study's eleventh arm
+    # drew GRPO's colour and line.
     style = {name: {"color": f"C{i % 10}", "linestyle": ("-", "--", ":")[i // 10 % 3]} for i, name in enumerate(runs)}
     fig, ax = plt.subplots(1, len(keys) + timed, figsize=(5.5 * (len(keys) + timed), 4), squeeze=False)
     for axis, key in zip(ax[0], keys):

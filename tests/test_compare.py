@@ -181,8 +181,8 @@ def test_a_credit_picture_without_examples_is_still_drawn(tmp_path):
 
 @pytest.mark.parametrize("arms", [2, 11, 25])
 def test_every_arm_of_the_curves_has_a_line_of_its_own(tmp_path, arms):
-    """However many arms a study has (the ceiling study: 11), no two share a colour and a line style
-    in any panel, so the legend names one line each."""
+    """Up to 30 arms (ten colours × three line styles; the ceiling study has 11), no two share a
+    colour and a line style in any panel, so the legend names one line each."""
     runs = {f"arm{i}": [history([0.4, 0.5, 0.6], reward=0.5)] for i in range(arms)}
     with mock.patch("matplotlib.pyplot.close") as close:
         compare.plot_curves(runs, str(tmp_path / "curves.png"))
